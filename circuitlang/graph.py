@@ -1,0 +1,297 @@
+"""The circuit graph: schema of its payloads, and `validate`.
+
+A checked circuit is a frozen `networkx.MultiDiGraph`:
+
+* **nodes** are populations, keyed by name; ``graph.nodes[name]["payload"]``
+  is a `PopulationNode`.
+* **edges** are connections, from the source population to the target one,
+  keyed by the weight name (or ``"pre=>post"`` for an unnamed one-to-one
+  connection); ``graph.edges[pre, post, key]["payload"]`` is a
+  `ConnectionEdge`. An undirected coupling ``a -- b : W`` is one edge
+  ``b → a`` with ``kind == "undirected"``; its weight has shape
+  ``(|a|, |b|)`` and enters the energy as ``rho(s_a)^T W rho(s_b)``.
+* **graph-level**: ``graph.graph["circuit"]`` is a `CircuitSpec`: params,
+  functions, cell types, biases, energy, dynamics, costs and learning.
+
+Every payload carries the `Span` of the `.circ` text it came from. Weight
+shapes are always ``(post size, pre size)``: the drive into ``post`` is
+``W @ rho(pre)``. Expressions are kept as `syntax` nodes; `lower/` compiles
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import networkx as nx
+
+from . import primitives as P
+from . import syntax as S
+from .source import Span
+
+__all__ = [
+    "PopulationNode",
+    "InitSpec",
+    "ConnectionEdge",
+    "NeuronType",
+    "OdeSpec",
+    "EnergySpec",
+    "EnergyTermSpec",
+    "DynamicsSpec",
+    "CostSpec",
+    "PhaseSpec",
+    "OptimizerSpec",
+    "RuleSpec",
+    "LearningSpec",
+    "CircuitSpec",
+    "validate",
+    "weights",
+]
+
+_frozen = dataclasses.dataclass(frozen=True)
+
+
+@_frozen
+class PopulationNode:
+    """A vector of `size` neurons.
+
+    `compartments` are the input sites connections can target (``("soma",)``
+    for a population without a cell type); `state` its state variables
+    (``("s",)`` by default); `activation` the name of the function that turns
+    the state into a rate (`rho`).
+    """
+
+    name: str
+    size: int
+    role: str
+    cell_type: str | None
+    compartments: tuple[str, ...]
+    state: tuple[str, ...]
+    activation: str
+    tau: float
+    bias: bool
+    span: Span
+
+
+@_frozen
+class InitSpec:
+    """How a weight starts: `scheme` from `primitives.INITS` and its arguments."""
+
+    scheme: str
+    args: tuple[float, ...] = ()
+
+
+@_frozen
+class ConnectionEdge:
+    """A connection `pre ARROW post.compartment : weight`.
+
+    kind: ``undirected`` (``--``), ``directed`` (``->``) or ``one_to_one``
+    (``=>``). plasticity: ``plastic``, ``fixed`` or ``tied`` (then `tied_to`
+    names the weight it equals, transposed when `transposed`).
+    """
+
+    kind: str
+    pre: str
+    post: str
+    weight: str | None
+    compartment: str
+    shape: tuple[int, int]
+    init: InitSpec
+    plasticity: str
+    tied_to: str | None
+    transposed: bool
+    sign: int
+    gain: float
+    span: Span
+
+
+@_frozen
+class OdeSpec:
+    state: str
+    tau: S.Expr | None
+    rhs: S.Expr
+    span: Span
+
+
+@_frozen
+class NeuronType:
+    name: str
+    compartments: tuple[str, ...]
+    odes: tuple[OdeSpec, ...]
+    lets: tuple[tuple[str, S.Expr], ...]
+    span: Span
+
+
+@_frozen
+class FunctionDef:
+    name: str
+    params: tuple[str, ...]
+    body: S.Expr
+    span: Span
+
+
+@_frozen
+class EnergyTermSpec:
+    """A custom energy term; `over` is ``"weights"``, ``"populations"`` or ``""``."""
+
+    targets: tuple[str, ...]
+    over: str
+    expr: S.Expr
+    span: Span
+
+
+@_frozen
+class EnergySpec:
+    presets: tuple[str, ...]
+    terms: tuple[EnergyTermSpec, ...]
+    span: Span
+
+
+@_frozen
+class DynamicsSpec:
+    kind: str
+    span: Span
+
+
+@_frozen
+class CostSpec:
+    population: str
+    kind: str
+    span: Span
+
+
+@_frozen
+class PhaseSpec:
+    """One stretch of dynamics. `steps` is None for `forward` phases."""
+
+    name: str
+    steps: int | None
+    dt: float
+    beta: float
+    forward: bool
+    present: int | None
+    tol: float | None
+    integrator: str
+    clamp: str | None
+    span: Span
+
+
+@_frozen
+class OptimizerSpec:
+    name: str
+    lr: float | None
+    lr_per_param: Mapping[str, float]
+    settings: Mapping[str, object]
+    span: Span
+
+
+@_frozen
+class RuleSpec:
+    """A local rule: `d(target)/dt = expr` for each weight in `weights`."""
+
+    phases: tuple[str, ...]
+    always: bool
+    weights: tuple[str, ...]
+    placeholder: str | None
+    expr: S.Expr
+    span: Span
+
+
+@_frozen
+class LearningSpec:
+    method: str
+    phases: tuple[PhaseSpec, ...]
+    estimator: str | None
+    estimator_options: Mapping[str, float]
+    batch: int
+    prospective: bool
+    epochs: int | None
+    optimizer: OptimizerSpec | None
+    rules: tuple[RuleSpec, ...]
+    span: Span
+
+
+@_frozen
+class CircuitSpec:
+    name: str
+    doc: str | None
+    path: str
+    params: Mapping[str, float]
+    functions: Mapping[str, FunctionDef]
+    neuron_types: Mapping[str, NeuronType]
+    energy: EnergySpec | None
+    dynamics: DynamicsSpec | None
+    costs: tuple[CostSpec, ...]
+    learning: LearningSpec | None
+
+
+def weights(graph: nx.MultiDiGraph) -> dict[str, ConnectionEdge]:
+    """Every named weight of the circuit, in declaration order."""
+    found = [d["payload"] for _, _, d in graph.edges(data=True)]
+    found.sort(key=lambda e: (e.span.line, e.span.col))
+    return {e.weight: e for e in found if e.weight is not None}
+
+
+def validate(graph: nx.MultiDiGraph) -> None:
+    """Check the graph against the schema above; raise `ValueError` if it is off.
+
+    This guards the contract between `check.py` (which builds graphs) and the
+    stages that read them; user errors never get this far.
+    """
+    problems: list[str] = []
+    if not nx.is_frozen(graph):
+        problems.append("graph is not frozen")
+    spec = graph.graph.get("circuit")
+    if not isinstance(spec, CircuitSpec):
+        problems.append("graph.graph['circuit'] is not a CircuitSpec")
+    for name, data in graph.nodes(data=True):
+        pop = data.get("payload")
+        if not isinstance(pop, PopulationNode) or pop.name != name:
+            problems.append(f"node {name!r}: payload missing or misnamed")
+            continue
+        if pop.size < 1 or pop.role not in P.ROLES or not pop.compartments or not pop.state:
+            problems.append(f"node {name!r}: bad size, role, compartments or state")
+    seen: set[str] = set()
+    for pre, post, key, data in graph.edges(keys=True, data=True):
+        edge = data.get("payload")
+        if not isinstance(edge, ConnectionEdge):
+            problems.append(f"edge {pre}->{post}: payload missing")
+            continue
+        if (edge.pre, edge.post) != (pre, post) or key != (edge.weight or f"{pre}=>{post}"):
+            problems.append(f"edge {key}: endpoints or key disagree with payload")
+        if edge.kind not in P.CONNECTION_KINDS.values():
+            problems.append(f"edge {key}: unknown kind {edge.kind!r}")
+        sizes = (graph.nodes[post]["payload"].size, graph.nodes[pre]["payload"].size)
+        if edge.shape != sizes:
+            problems.append(f"edge {key}: shape {edge.shape} is not (|post|, |pre|) = {sizes}")
+        if edge.compartment not in graph.nodes[post]["payload"].compartments:
+            problems.append(f"edge {key}: compartment {edge.compartment!r} missing on {post}")
+        if edge.weight is not None:
+            if edge.weight in seen:
+                problems.append(f"weight {edge.weight} appears twice")
+            seen.add(edge.weight)
+        if (edge.plasticity == "tied") != (edge.tied_to is not None):
+            problems.append(f"edge {key}: tied_to and plasticity disagree")
+        if edge.sign not in (1, -1):
+            problems.append(f"edge {key}: sign must be +1 or -1")
+    all_w = weights(graph)
+    for edge in all_w.values():
+        if edge.tied_to is not None:
+            target = all_w.get(edge.tied_to)
+            want = target.shape[::-1] if (target and edge.transposed) else (target.shape if target else None)
+            if want != edge.shape:
+                problems.append(f"weight {edge.weight}: tied shape does not match {edge.tied_to}")
+    if isinstance(spec, CircuitSpec) and spec.learning is not None:
+        names = {p.name for p in spec.learning.phases}
+        for rule in spec.learning.rules:
+            if not set(rule.phases) <= names:
+                problems.append(f"rule at {rule.span}: unknown phase")
+            for w in rule.weights:
+                if w not in all_w and not w.endswith(".bias"):
+                    problems.append(f"rule at {rule.span}: unknown weight {w}")
+        for cost in spec.costs:
+            if cost.population not in graph:
+                problems.append(f"cost on missing population {cost.population}")
+    if problems:
+        raise ValueError("invalid circuit graph:\n  " + "\n  ".join(problems))

@@ -1,0 +1,474 @@
+"""Text → syntax tree. Owns the lark parser and turns its errors into ours.
+
+The grammar lives in `grammar/circuit.lark` (the normative syntax reference;
+it also ships inside the wheel). The parser is LALR(1) with `strict=True` and
+a contextual lexer; a small post-lexer drops newlines inside brackets and
+bounds the nesting depth, so no input can exhaust the Python stack.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer_NonRecursive, v_args
+
+from . import syntax as S
+from .errors import CircuitSyntaxError, Diagnostic
+from .source import Source, Span, decode
+
+__all__ = ["parse", "parse_file", "grammar_path", "MAX_NESTING", "MAX_EXPR_DEPTH"]
+
+MAX_NESTING = 64  # brackets inside brackets
+MAX_EXPR_DEPTH = 256  # operators on the longest path of one expression
+
+_OPEN = {"LPAR": "RPAR", "D_OPEN": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+_CLOSE = {"RPAR", "RSQB", "RBRACE"}
+
+
+def grammar_path() -> Path:
+    """Where `circuit.lark` is: inside the package (wheel) or the repository."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "grammar" / "circuit.lark", here.parent / "grammar" / "circuit.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("circuit.lark is missing from this installation of circuitlang")
+
+
+class _PostLexer:
+    """Drops newlines inside `(...)`/`[...]` and limits bracket nesting."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self.path = "<string>"
+        self.stack: list[Token] = []
+
+    def process(self, stream):
+        self.stack = stack = []
+        for tok in stream:
+            kind = tok.type
+            if kind == "_NL":
+                if stack and stack[-1].type != "LBRACE":
+                    continue
+            elif kind in _OPEN:
+                stack.append(tok)
+                if len(stack) > MAX_NESTING:
+                    raise _Located(
+                        f"brackets are nested more than {MAX_NESTING} deep",
+                        _token_span(tok, self.path),
+                        "split the expression with `param` or `fn` definitions",
+                    )
+            elif kind in _CLOSE and stack and _OPEN[stack[-1].type] == kind:
+                stack.pop()
+            yield tok
+
+
+class _Located(Exception):
+    def __init__(self, message: str, span: Span, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.diagnostic = Diagnostic(message, span, hint)
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> tuple[lark.Lark, _PostLexer]:
+    post = _PostLexer()
+    parser = lark.Lark(
+        grammar_path().read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        strict=True,
+        propagate_positions=True,
+        maybe_placeholders=True,
+        postlex=post,
+    )
+    return parser, post
+
+
+def _token_span(tok: Token, path: str) -> Span:
+    line = tok.line or 1
+    col = tok.column or 1
+    end_line = tok.end_line or line
+    end_col = tok.end_column or col + max(len(tok.value), 1)
+    if tok.type == "_NL":  # point at the end of the line, not the next one
+        end_line, end_col = line, col + 1
+    return Span(path, line, col, end_line, end_col)
+
+
+# --------------------------------------------------------------- transform --
+@v_args(meta=True)
+class _ToSyntax(Transformer_NonRecursive):
+    """lark tree → `syntax` nodes; records expression depth to bound it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.depth: dict[int, int] = {}
+
+    # helpers
+    def _span(self, meta) -> Span:
+        return Span(self.path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tspan(self, tok: Token) -> Span:
+        return _token_span(tok, self.path)
+
+    def _ident(self, tok: Token) -> S.Ident:
+        return S.Ident(str(tok), self._tspan(tok))
+
+    def _deep(self, node, *kids):
+        depth = 1 + max((self.depth.get(id(k), 0) for k in kids), default=0)
+        if depth > MAX_EXPR_DEPTH:
+            raise _Located(
+                f"this expression is nested more than {MAX_EXPR_DEPTH} operators deep",
+                node.span,
+                "split it into smaller `param` or `fn` definitions",
+            )
+        self.depth[id(node)] = depth
+        return node
+
+    # expressions
+    def number(self, meta, kids):
+        (tok,) = kids
+        value = float(tok)
+        span = self._tspan(tok)
+        if not math.isfinite(value):
+            raise _Located(
+                f"the number {tok} is too large for a float",
+                span,
+                "numbers must be finite; the largest float is about 1.8e308",
+            )
+        return S.Number(value, str(tok), span)
+
+    def var(self, meta, kids):
+        return S.Var(str(kids[0]), self._tspan(kids[0]))
+
+    def member(self, meta, kids):
+        obj, attr = kids
+        return S.Member(self._ident(obj), self._ident(attr), self._span(meta))
+
+    def args(self, meta, kids):
+        return tuple(kids)
+
+    def call(self, meta, kids):
+        fn, args = kids
+        args = args or ()
+        return self._deep(S.Call(self._ident(fn), args, 0, self._span(meta)), *args)
+
+    def call_prime(self, meta, kids):
+        tok, args = kids
+        args = args or ()
+        name = str(tok).rstrip("'")
+        primes = len(str(tok)) - len(name)
+        fn = S.Ident(name, self._tspan(tok))
+        return self._deep(S.Call(fn, args, primes, self._span(meta)), *args)
+
+    def time_derivative(self, meta, kids):
+        inner = kids[1]
+        return self._deep(S.TimeDerivative(inner, self._span(meta)), inner)
+
+    def unary(self, meta, kids):
+        op, operand = kids
+        return self._deep(S.Unary(str(op), operand, self._span(meta)), operand)
+
+    def binary(self, meta, kids):
+        left, op, right = kids
+        op = "^" if str(op) == "**" else str(op)
+        return self._deep(S.Binary(op, left, right, self._span(meta)), left, right)
+
+    compare = binary
+
+    # small pieces
+    def names(self, meta, kids):
+        return tuple(self._ident(k) for k in kids)
+
+    def dotted(self, meta, kids):
+        return (".".join(str(k) for k in kids), self._span(meta))
+
+    def option(self, meta, kids):
+        (key, key_span), value = kids
+        return S.Option(key, value, self._span(meta), key_span)
+
+    kwarg = option
+
+    def endpoint(self, meta, kids):
+        pop, comp = kids
+        return S.Endpoint(self._ident(pop), self._ident(comp) if comp is not None else None, self._span(meta))
+
+    # statements
+    def header(self, meta, kids):
+        name, doc = kids
+        return S.Header(self._ident(name), str(doc)[1:-1] if doc is not None else None, self._span(meta))
+
+    def param(self, meta, kids):
+        name, value = kids
+        return S.Param(self._ident(name), value, self._span(meta))
+
+    def fn_def(self, meta, kids):
+        name, params, body = kids
+        return S.FnDef(self._ident(name), params or (), body, self._span(meta))
+
+    def compartment(self, meta, kids):
+        return ("compartment", kids[0])
+
+    def ode(self, meta, kids):
+        tau, op, deriv, rhs = kids
+        span = self._span(meta)
+        if op is not None and str(op) != "*":
+            raise _Located(
+                f"expected `*` between the time constant and `{deriv}`, found `{op}`",
+                self._tspan(op),
+                "write the equation as `tau * ds/dt = ...`",
+            )
+        state = _deriv_name(deriv, self.path)
+        return ("ode", S.Ode(state, tau, rhs, span))
+
+    def let(self, meta, kids):
+        name, value = kids
+        return ("let", S.Let(self._ident(name), value, self._span(meta)))
+
+    def neuron(self, meta, kids):
+        name, *items = kids
+        comps = tuple(i for tag, group in _tagged(items, "compartment") for i in group)
+        odes = tuple(x for _, x in _tagged(items, "ode"))
+        lets = tuple(x for _, x in _tagged(items, "let"))
+        return S.Neuron(self._ident(name), comps, odes, lets, self._span(meta))
+
+    def population(self, meta, kids):
+        name, cell_type, size, *options = kids
+        ctype = self._ident(cell_type) if cell_type is not None else None
+        return S.Population(self._ident(name), ctype, size, tuple(options), self._span(meta))
+
+    def connection(self, meta, kids):
+        pre, arrow, post, weight, tie, *options = kids
+        w = self._ident(weight) if weight is not None else None
+        return S.Connection(pre, str(arrow), post, w, tie, tuple(options), self._span(meta))
+
+    def bias(self, meta, kids):
+        pops, *options = kids
+        return S.Bias(pops, tuple(options), self._span(meta))
+
+    def energy_use(self, meta, kids):
+        name, *options = kids
+        return S.EnergyUse(self._ident(name), tuple(options), self._span(meta))
+
+    def energy_preset(self, meta, kids):
+        use = self.energy_use(meta, kids)
+        return S.Energy((use,), (), self._span(meta))
+
+    def energy_term(self, meta, kids):
+        targets, expr = kids
+        return S.EnergyTerm(targets or (), expr, self._span(meta))
+
+    def energy_block(self, meta, kids):
+        uses = tuple(k for k in kids if isinstance(k, S.EnergyUse))
+        terms = tuple(k for k in kids if isinstance(k, S.EnergyTerm))
+        return S.Energy(uses, terms, self._span(meta))
+
+    def dynamics(self, meta, kids):
+        name, *options = kids
+        return S.Dynamics(self._ident(name), tuple(options), self._span(meta))
+
+    def cost(self, meta, kids):
+        pop, kind, *options = kids
+        return S.Cost(self._ident(pop), self._ident(kind), tuple(options), self._span(meta))
+
+    def attr(self, meta, kids):
+        key, value, *kwargs = kids
+        return S.Attr(self._ident(key), value, tuple(kwargs), self._span(meta))
+
+    def phase(self, meta, kids):
+        name, *attrs = kids
+        attrs = [a for a in attrs if a is not None]
+        return S.Phase(self._ident(name), tuple(attrs), self._span(meta))
+
+    def optimizer(self, meta, kids):
+        name, *rest = kids
+        options = tuple(k for k in rest if isinstance(k, S.Option))
+        attrs = tuple(k for k in rest if isinstance(k, S.Attr))
+        return S.Optimizer(self._ident(name), options, attrs, self._span(meta))
+
+    def for_clause(self, meta, kids):
+        return kids[0]
+
+    def during(self, meta, kids):
+        return (False, kids[0])
+
+    def always(self, meta, kids):
+        return (True, ())
+
+    def rule(self, meta, kids):
+        (always, phases), targets, deriv, expr = kids
+        lhs = _deriv_name(deriv, self.path)
+        return S.Rule(phases, always, targets or (), lhs, expr, self._span(meta))
+
+    def learn(self, meta, kids):
+        method, *items = kids
+        items = [i for i in items if i is not None]
+        return S.Learn(
+            self._ident(method),
+            tuple(i for i in items if isinstance(i, S.Phase)),
+            tuple(i for i in items if isinstance(i, S.Optimizer)),
+            tuple(i for i in items if isinstance(i, S.Rule)),
+            tuple(i for i in items if isinstance(i, S.Attr)),
+            self._span(meta),
+        )
+
+    def start(self, meta, kids):
+        return tuple(k for k in kids if k is not None)
+
+
+def _tagged(items, tag):
+    return [(t, x) for (t, x) in (i for i in items if i is not None) if t == tag]
+
+
+def _deriv_name(tok: Token, path: str) -> S.Ident:
+    """`dW2/dt` → `W2` (positioned on the name)."""
+    text = str(tok)
+    name = text[1 : text.index("/")]
+    span = Span(path, tok.line, tok.column + 1, tok.line, tok.column + 1 + len(name))
+    return S.Ident(name, span)
+
+
+# ------------------------------------------------------------------ errors --
+_NICE = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": 'a "string"',
+    "DERIV": "a derivative like `ds/dt`",
+    "PRIMED": "a derivative like `rho'(x)`",
+    "D_OPEN": "`d(`",
+    "ARROW": "`--`, `->` or `=>`",
+    "ADD_OP": "`+` or `-`",
+    "MUL_OP": "`*`, `/` or `@`",
+    "POW_OP": "`^`",
+    "CMP_OP": "a comparison",
+    "_NL": "end of line",
+    "$END": "end of file",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _terminal_names() -> dict[str, str]:
+    parser, _ = _parser()
+    names = dict(_NICE)
+    for term in parser.terminals:
+        if term.name not in names and term.pattern.type == "str":
+            names[term.name] = f"`{term.pattern.value}`"
+    return names
+
+
+_EXPRESSION_START = {"LPAR", "NUMBER", "NAME", "ADD_OP", "D_OPEN", "PRIMED"}
+
+
+def _describe(kinds) -> str:
+    names = _terminal_names()
+    kinds = set(kinds) - {"SEMICOLON"}
+    words = set()
+    if _EXPRESSION_START <= kinds:
+        kinds -= _EXPRESSION_START
+        words.add("an expression")
+    words = sorted(words | {names.get(k, f"`{k.lower()}`") for k in kinds})
+    if not words:
+        return "something else"
+    if len(words) == 1:
+        return words[0]
+    if len(words) > 8:
+        return ", ".join(words[:8]) + ", ..."
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _show(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    if tok.type == "_NL":
+        return "end of line"
+    text = str(tok)
+    if len(text) > 20:
+        text = text[:17] + "..."
+    return f"`{text}`"
+
+
+def _hint_for(expected: set[str], tok: Token, source: Source, open_brackets: list[Token]) -> str | None:
+    line = source.line(tok.line or 1).strip()
+    if open_brackets and tok.type != "$END" and expected & {"RPAR", "RSQB"}:
+        first = open_brackets[-1]
+        if first.line != tok.line and first.type != "LBRACE":
+            return f"the `{str(first)[-1]}` at line {first.line}, column {first.column} is never closed"
+    word = line.split()[0] if line.split() else ""
+    if "LSQB" in expected and word == "population":
+        return "give the size in brackets, e.g. `population h [256]`"
+    if tok.type == "EQUAL" and expected & {"NUMBER", "NAME", "_NL", "RBRACE"} and "EQUAL" not in expected:
+        return "settings inside a block are written without `=`, e.g. `steps 20`"
+    if "COLON" in expected and word not in ("during", "always", "term"):
+        return "name the weight after a colon, e.g. `x -> h : W1`"
+    if "COLON" in expected:
+        return "end the rule's head with a colon, e.g. `during nudge: dW/dt = ...`"
+    if "RBRACE" in expected and tok.type == "$END":
+        return "a `{` is never closed: add the matching `}`"
+    if "RPAR" in expected and tok.type in ("_NL", "$END"):
+        return "a `(` is never closed: add the matching `)`"
+    if tok.type == "ARROW" and str(tok) == "--":
+        return "undirected couplings are statements of their own: `a -- b : W`"
+    if "_NL" in expected and tok.type not in ("_NL", "$END"):
+        return "put each statement on its own line, or separate them with `;`"
+    return None
+
+
+def parse(text: str, path: str = "<string>") -> S.Program:
+    """Parse `.circ` text into a `syntax.Program`.
+
+    Raises:
+        CircuitSyntaxError: located, with the expected tokens and a hint.
+    """
+    source = Source(text, path)
+    parser, post = _parser()
+    post.path = path
+    try:
+        tree = parser.parse(text)
+        statements = _ToSyntax(path).transform(tree)
+    except _Located as exc:
+        raise CircuitSyntaxError([exc.diagnostic], source) from None
+    except lark.exceptions.VisitError as exc:
+        if isinstance(exc.orig_exc, _Located):
+            raise CircuitSyntaxError([exc.orig_exc.diagnostic], source) from None
+        raise
+    except lark.exceptions.UnexpectedCharacters as exc:
+        span = Span(path, exc.line, exc.column, exc.line, exc.column + 1)
+        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
+        shown = repr(char)[1:-1] if not char.isprintable() else char
+        hint = None
+        if char in "'\"":
+            hint = 'strings are only used for the circuit\'s doc: `circuit Name "doc"`'
+        elif char == "{":
+            hint = "blocks follow `neuron NAME`, `energy`, `learn METHOD`, `phase NAME` or `optimizer NAME`"
+        elif exc.allowed:
+            hint = f"expected {_describe(exc.allowed)} here"
+        raise CircuitSyntaxError(
+            [Diagnostic(f"unexpected character `{shown}`", span, hint)], source
+        ) from None
+    except lark.exceptions.UnexpectedToken as exc:
+        tok = exc.token
+        if tok.type == "$END":
+            last = max(len(source.lines), 1)
+            while last > 1 and not source.line(last).strip():
+                last -= 1
+            col = len(source.line(last)) + 1
+            span = Span(path, last, col, last, col + 1)
+        else:
+            span = _token_span(tok, path)
+        expected = set(exc.expected) if exc.expected else set()
+        message = f"unexpected {_show(tok)}; expected {_describe(expected)}"
+        raise CircuitSyntaxError([Diagnostic(message, span, _hint_for(expected, tok, source, post.stack))], source) from None
+    except lark.exceptions.UnexpectedEOF as exc:  # pragma: no cover - LALR raises UnexpectedToken
+        raise CircuitSyntaxError([Diagnostic("unexpected end of file", Span.whole(path))], source) from None
+    return S.Program(path, statements)
+
+
+def parse_file(path: str | Path) -> tuple[S.Program, Source]:
+    """Read, decode and parse a file; errors name the file."""
+    p = str(path)
+    data = Path(path).read_bytes()
+    text = decode(data, p)
+    return parse(text, p), Source(text, p)

@@ -1,0 +1,273 @@
+"""The registry: every primitive of the language, defined once.
+
+Checking (`check.py`), lowering (`lower/`) and drawing (`diagram.py`) all read
+these tables; adding a function, an energy preset, an estimator or a phase
+setting touches only this file (and the code that gives it meaning).
+
+Element-wise functions carry an `impl(xp, *args)` that works for both NumPy
+and `jax.numpy` (pass the module as `xp`), so the NumPy reference simulator
+and the compiled JAX code share one definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "Function",
+    "FUNCTIONS",
+    "Setting",
+    "ENERGIES",
+    "DYNAMICS",
+    "COSTS",
+    "LEARN_METHODS",
+    "ESTIMATORS",
+    "OPTIMIZERS",
+    "INITS",
+    "PHASE_SETTINGS",
+    "LEARN_SETTINGS",
+    "POPULATION_OPTIONS",
+    "CONNECTION_OPTIONS",
+    "CONNECTION_KINDS",
+    "ROLES",
+    "RULE_NAMES",
+    "DEFAULT_COMPARTMENT",
+]
+
+
+def _frozen(d: dict) -> Mapping:
+    return MappingProxyType(d)
+
+
+# --------------------------------------------------------------- functions --
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """A built-in function usable in every expression.
+
+    `arity` is the number of arguments (a tuple for several allowed counts);
+    `elementwise` functions may be differentiated with `f'`; `reduction`s turn
+    a vector into a scalar (energy terms).
+    """
+
+    name: str
+    arity: tuple[int, ...]
+    doc: str
+    impl: Callable[..., Any]
+    elementwise: bool = True
+    reduction: bool = False
+
+
+def _sigmoid(xp, x):
+    return 0.5 * (xp.tanh(0.5 * x) + 1.0)  # stable for large |x|, same in NumPy and JAX
+
+
+def _softplus(xp, x):
+    return xp.logaddexp(x, 0.0)
+
+
+_FUNCTION_LIST = [
+    Function("identity", (1,), "x", lambda xp, x: x),
+    Function("tanh", (1,), "hyperbolic tangent", lambda xp, x: xp.tanh(x)),
+    Function("sigmoid", (1,), "logistic 1/(1+exp(-x))", _sigmoid),
+    Function("hard_sigmoid", (1,), "clip(x, 0, 1)", lambda xp, x: xp.clip(x, 0.0, 1.0)),
+    Function("relu", (1,), "max(x, 0)", lambda xp, x: xp.maximum(x, 0.0)),
+    Function("softplus", (1,), "log(1 + exp(x))", _softplus),
+    Function("clip", (3,), "clip(x, lo, hi): x limited to [lo, hi]", lambda xp, x, lo, hi: xp.clip(x, lo, hi)),
+    Function("exp", (1,), "exponential", lambda xp, x: xp.exp(x)),
+    Function("log", (1,), "natural logarithm", lambda xp, x: xp.log(x)),
+    Function("sqrt", (1,), "square root", lambda xp, x: xp.sqrt(x)),
+    Function("abs", (1,), "absolute value", lambda xp, x: xp.abs(x)),
+    Function("sign", (1,), "-1, 0 or 1", lambda xp, x: xp.sign(x)),
+    Function("sin", (1,), "sine", lambda xp, x: xp.sin(x)),
+    Function("cos", (1,), "cosine", lambda xp, x: xp.cos(x)),
+    Function("min", (2,), "element-wise minimum", lambda xp, a, b: xp.minimum(a, b)),
+    Function("max", (2,), "element-wise maximum", lambda xp, a, b: xp.maximum(a, b)),
+    Function("where", (3,), "where(c, a, b): a where c is true, else b", lambda xp, c, a, b: xp.where(c, a, b)),
+    Function("sum", (1,), "sum over neurons (a scalar)", lambda xp, x: xp.sum(x, axis=-1), False, True),
+    Function("mean", (1,), "mean over neurons (a scalar)", lambda xp, x: xp.mean(x, axis=-1), False, True),
+    Function(
+        "transpose", (1,), "the transpose of a weight matrix",
+        lambda xp, w: xp.swapaxes(w, -1, -2), False,
+    ),
+]
+FUNCTIONS: Mapping[str, Function] = _frozen({f.name: f for f in _FUNCTION_LIST})
+
+
+# ---------------------------------------------------------------- settings --
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One `key value` setting of a phase, a learn block or an optimizer.
+
+    kind:
+      * ``flag``: no value (`forward`)
+      * ``int`` / ``number``: a constant expression; `minimum` and
+        `exclusive` bound it
+      * ``choice``: one of `choices`, written as a bare name
+      * ``per_weight``: a number, and/or `W1=0.1, h.bias=0.2` overrides
+    """
+
+    name: str
+    kind: str
+    doc: str
+    minimum: float | None = None
+    exclusive: bool = False
+    choices: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # allowed `k=v` after the value
+
+
+def _settings(*items: Setting) -> Mapping[str, Setting]:
+    return _frozen({s.name: s for s in items})
+
+
+PHASE_SETTINGS = _settings(
+    Setting("steps", "int", "number of integration steps", minimum=1),
+    Setting("dt", "number", "step size of the Euler integrator", minimum=0, exclusive=True),
+    Setting("beta", "number", "nudging strength: the cost enters the dynamics as -beta dC/ds"),
+    Setting("forward", "flag", "exact one-pass fixed point of a feed-forward (DAG) circuit"),
+    Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1),
+    Setting("tol", "number", "stop early once max |s_t - s_(t-1)| < tol", minimum=0, exclusive=True),
+    Setting(
+        "integrator", "choice", "how a step is taken",
+        choices=("euler", "prototypical"),
+    ),
+    Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)", choices=("output",)),
+)
+
+LEARN_SETTINGS = _settings(
+    Setting(
+        "estimator", "choice", "how the gradient is estimated",
+        choices=("one_sided", "random_sign", "symmetric", "holomorphic", "chl", "rules", "gradient", "bptt"),
+        options=("points",),
+    ),
+    Setting("batch", "int", "examples per update", minimum=1),
+    Setting("prospective", "flag", "rates look ahead: rho(s + tau ds/dt) (latent equilibrium)"),
+    Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1),
+)
+
+OPTIMIZERS = _frozen(
+    {
+        "sgd": _settings(
+            Setting("lr", "per_weight", "learning rate (per weight: `lr W1=0.1, W2=0.05`)", minimum=0),
+            Setting("momentum", "number", "heavy-ball momentum", minimum=0),
+            Setting("nesterov", "flag", "Nesterov momentum"),
+            Setting("weight_decay", "number", "decoupled L2 weight decay", minimum=0),
+            Setting("schedule", "choice", "learning-rate schedule", choices=("constant", "cosine"), options=("warmup",)),
+        ),
+        "adam": _settings(
+            Setting("lr", "per_weight", "learning rate (per weight: `lr W1=0.1, W2=0.05`)", minimum=0),
+            Setting("b1", "number", "decay of the first moment", minimum=0),
+            Setting("b2", "number", "decay of the second moment", minimum=0),
+            Setting("eps", "number", "denominator offset", minimum=0),
+            Setting("weight_decay", "number", "decoupled weight decay (AdamW)", minimum=0),
+            Setting("schedule", "choice", "learning-rate schedule", choices=("constant", "cosine"), options=("warmup",)),
+        ),
+    }
+)
+
+
+# ------------------------------------------------------------------ kinds --
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A named choice (energy preset, cost, estimator, ...) and its meaning."""
+
+    name: str
+    doc: str
+    paper: str = ""
+    needs: tuple[str, ...] = ()  # connection kinds it gives meaning to
+
+
+ENERGIES = _frozen(
+    {
+        "hopfield": Kind(
+            "hopfield",
+            "E = sum_n 1/2|s_n|^2 - sum_(a--b) rho(s_a)^T W rho(s_b) - sum_n b_n^T rho(s_n)",
+            "Scellier & Bengio 2017",
+            needs=("undirected",),
+        ),
+        "predictive": Kind(
+            "predictive",
+            "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) W rho(s_a) + b_n",
+            "Whittington & Bogacz 2017",
+            needs=("directed",),
+        ),
+    }
+)
+
+DYNAMICS = _frozen(
+    {
+        "leaky": Kind(
+            "leaky",
+            "tau ds/dt = -s + sum_in W rho(pre) + b - beta dC/ds",
+            "Scellier et al. 2018",
+            needs=("directed", "one_to_one"),
+        ),
+    }
+)
+
+COSTS = _frozen(
+    {
+        "squared": Kind("squared", "C = 1/2 |s - target|^2"),
+        "cross_entropy": Kind(
+            "cross_entropy", "C = -sum target log softmax(s) (softmax read-out)", "Laborieux et al. 2021"
+        ),
+    }
+)
+
+LEARN_METHODS = _frozen(
+    {
+        "eqprop": Kind("eqprop", "the compiler derives the update from the energy or the vector field"),
+        "rules": Kind("rules", "local per-synapse rules written in the file"),
+    }
+)
+
+ESTIMATORS = _frozen(
+    {
+        "one_sided": Kind("one_sided", "-(1/beta)(dE/dtheta(s^beta) - dE/dtheta(s^0))", "Scellier & Bengio 2017"),
+        "random_sign": Kind("random_sign", "one_sided with a random sign of beta per batch", "Scellier & Bengio 2017"),
+        "symmetric": Kind("symmetric", "-(1/2beta)(dE/dtheta(s^+beta) - dE/dtheta(s^-beta))", "Laborieux et al. 2021"),
+        "holomorphic": Kind("holomorphic", "N complex beta on a circle (Cauchy integral)", "Laborieux & Zenke 2022"),
+        "chl": Kind("chl", "contrastive Hebbian learning: output clamped to the target", "Movellan 1991"),
+        "rules": Kind("rules", "the file's local rules integrated over the phases"),
+        "gradient": Kind("gradient", "the true gradient at the free fixed point (implicit differentiation)"),
+        "bptt": Kind("bptt", "autodiff through the unrolled free phase"),
+    }
+)
+
+INITS = _frozen(
+    {
+        "glorot": Function("glorot", (0,), "Glorot/Xavier uniform", None, False),
+        "he": Function("he", (0,), "He normal", None, False),
+        "zeros": Function("zeros", (0,), "all zero", None, False),
+        "normal": Function("normal", (1,), "normal(std)", None, False),
+        "uniform": Function("uniform", (1,), "uniform(a): U(-a, a)", None, False),
+        "random": Function("random", (1,), "random(std): normal with this std", None, False),
+        "constant": Function("constant", (1,), "constant(c)", None, False),
+    }
+)
+
+ROLES = ("input", "hidden", "output")
+
+# `kind` for a population option: flag, number, int, fn (names a function), ...
+POPULATION_OPTIONS = _settings(
+    Setting("input", "flag", "clamped to the data"),
+    Setting("hidden", "flag", "free (the default)"),
+    Setting("output", "flag", "where the cost nudges"),
+    Setting("rho", "fn", "the population's activation (default: `rho` if defined, else identity)"),
+    Setting("tau", "number", "time constant of the population's default dynamics", minimum=0, exclusive=True),
+)
+
+CONNECTION_OPTIONS = _settings(
+    Setting("init", "init", "initial values: glorot, he, zeros, normal(std), uniform(a), random(std), constant(c)"),
+    Setting("fixed", "flag", "never learned (e.g. random feedback for feedback alignment)"),
+    Setting("inhibitory", "flag", "the drive is subtracted"),
+    Setting("gain", "number", "scale of a one-to-one connection"),
+)
+
+CONNECTION_KINDS = _frozen({"--": "undirected", "->": "directed", "=>": "one_to_one"})
+
+# names a rule or a neuron ODE may use without declaring them
+RULE_NAMES = ("pre", "post", "beta", "dt", "t")
+DEFAULT_COMPARTMENT = "soma"
