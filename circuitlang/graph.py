@@ -245,11 +245,13 @@ def validate(graph: nx.MultiDiGraph) -> None:
     spec = graph.graph.get("circuit")
     if not isinstance(spec, CircuitSpec):
         problems.append("graph.graph['circuit'] is not a CircuitSpec")
+    pops: dict[str, PopulationNode] = {}
     for name, data in graph.nodes(data=True):
         pop = data.get("payload")
         if not isinstance(pop, PopulationNode) or pop.name != name:
             problems.append(f"node {name!r}: payload missing or misnamed")
             continue
+        pops[name] = pop
         if pop.size < 1 or pop.role not in P.ROLES or not pop.compartments or not pop.state:
             problems.append(f"node {name!r}: bad size, role, compartments or state")
     seen: set[str] = set()
@@ -262,10 +264,13 @@ def validate(graph: nx.MultiDiGraph) -> None:
             problems.append(f"edge {key}: endpoints or key disagree with payload")
         if edge.kind not in P.CONNECTION_KINDS.values():
             problems.append(f"edge {key}: unknown kind {edge.kind!r}")
-        sizes = (graph.nodes[post]["payload"].size, graph.nodes[pre]["payload"].size)
+        if post not in pops or pre not in pops:
+            problems.append(f"edge {key}: an end has no valid population payload")
+            continue
+        sizes = (pops[post].size, pops[pre].size)
         if edge.shape != sizes:
             problems.append(f"edge {key}: shape {edge.shape} is not (|post|, |pre|) = {sizes}")
-        if edge.compartment not in graph.nodes[post]["payload"].compartments:
+        if edge.compartment not in pops[post].compartments:
             problems.append(f"edge {key}: compartment {edge.compartment!r} missing on {post}")
         if edge.weight is not None:
             if edge.weight in seen:

@@ -1,0 +1,122 @@
+"""Text → syntax tree: the grammar accepts the language and keeps positions."""
+
+from __future__ import annotations
+
+import pytest
+
+import circuitlang as cl
+from circuitlang import syntax as S
+from circuitlang.parse import parse
+
+from .conftest import EXAMPLES
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_parse(path):
+    program = parse(path.read_text(), str(path))
+    assert program.statements
+    for st in program.statements:
+        assert st.span.line >= 1 and st.span.col >= 1
+
+
+def test_examples_present():
+    names = {p.stem for p in EXAMPLES}
+    assert {
+        "eqprop_hopfield", "predictive_coding", "vector_field",
+        "mirror_interneurons", "stdp_eqprop", "continuous_learning",
+    } <= names
+
+
+def _one(text, cls):
+    found = [s for s in parse(text).statements if isinstance(s, cls)]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_derivatives_and_primes():
+    rule = _one(
+        "learn rules { phase p { steps 1 }\n during p: dW/dt = 0.2 / beta * d(rho(post.s))/dt * rho'(pre.s) }",
+        S.Learn,
+    ).rules[0]
+    assert rule.lhs.name == "W"
+    nodes = list(S.walk(rule.expr))
+    assert any(isinstance(n, S.TimeDerivative) for n in nodes)
+    prime = [n for n in nodes if isinstance(n, S.Call) and n.primes]
+    assert prime and prime[0].fn.name == "rho"
+
+
+def test_dt_is_an_ordinary_name_outside_derivatives():
+    ph = _one("learn e { phase free { steps 20; dt 0.5 } }", S.Learn).phases[0]
+    assert [a.key.name for a in ph.attrs] == ["steps", "dt"]
+    p = _one("param dt = 0.1", S.Param)
+    assert p.name.name == "dt"
+
+
+def test_function_named_d_still_callable_with_space():
+    # `d(` opens a time derivative; `d (x)` is a call of a function `d`
+    p = _one("param q = d (3)", S.Param)
+    assert isinstance(p.value, S.Call) and p.value.fn.name == "d"
+
+
+def test_neuron_block():
+    n = _one("neuron pyr {\n compartment basal, apical\n tau * ds/dt = -s + basal + apical\n v = 2 * s\n}", S.Neuron)
+    assert [c.name for c in n.compartments] == ["basal", "apical"]
+    assert n.odes[0].state.name == "s" and isinstance(n.odes[0].tau, S.Var)
+    assert n.lets[0].name.name == "v"
+
+
+def test_connection_forms():
+    prog = parse(
+        "a -- b : W1 init=glorot\n"
+        "a -> b.apical : W2 fixed inhibitory\n"
+        "b -> a : B = transpose(W2)\n"
+        "a => b.soma gain=0.8\n"
+    )
+    c1, c2, c3, c4 = prog.statements
+    assert (c1.arrow, c1.weight.name, c1.options[0].key) == ("--", "W1", "init")
+    assert c2.post.compartment.name == "apical" and [o.key for o in c2.options] == ["fixed", "inhibitory"]
+    assert isinstance(c3.tie, S.Call) and c3.tie.fn.name == "transpose"
+    assert c4.arrow == "=>" and c4.weight is None and c4.options[0].key == "gain"
+
+
+def test_per_weight_learning_rates():
+    opt = _one("learn e { optimizer sgd { lr W1=0.1, W2=0.05, h.bias=0.1 } }", S.Learn).optimizers[0]
+    lr = opt.attrs[0]
+    assert lr.value is None and [k.key for k in lr.kwargs] == ["W1", "W2", "h.bias"]
+
+
+def test_precedence():
+    p = _one("param a = -2 ^ 2 + 3 * 4", S.Param)
+    # (-(2^2)) + (3*4)
+    assert isinstance(p.value, S.Binary) and p.value.op == "+"
+    assert isinstance(p.value.left, S.Unary) and p.value.left.operand.op == "^"
+    assert cl.loads("param a = -2 ^ 2 + 3 * 4").spec.params["a"] == 8.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "population x [3] input\r\npopulation y [2]\r\n",  # CRLF
+        "population x [3] input\n\tpopulation y [2]",  # tab, no final newline
+        "population x [3] input; population y [2]",  # ';' separates statements
+        "# only a comment",
+        "",
+        "param a = (1 +\n   2)\n",  # newlines inside brackets are ignored
+        "param a = 1 + \\\n 2\n",  # explicit line continuation
+    ],
+)
+def test_layout_variants(text):
+    cl.loads(text)
+
+
+def test_keywords_are_soft():
+    circ = cl.loads("population phase [3] input\npopulation term [2] output\n")
+    assert set(circ.populations) == {"phase", "term"}
+
+
+def test_spans_point_at_names():
+    text = "population x [64] input\npopulation h [256]\nh -- x : W1\n"
+    prog = parse(text, "f.circ")
+    conn = prog.statements[2]
+    assert (conn.weight.span.line, conn.weight.span.col) == (3, 10)
+    assert str(conn.span) == "f.circ:3:1"
