@@ -84,6 +84,8 @@ def _check(args) -> int:
         try:
             circ = load(path)
         except CircuitError as exc:
+            if args.debug:
+                raise
             print(exc.render(), file=sys.stderr)
             status = 1
             continue

@@ -1,0 +1,44 @@
+"""The built wheel carries the grammar and works outside the repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+
+import pytest
+
+from .conftest import ROOT
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_checks(tmp_path):
+    pytest.importorskip("hatchling", reason="building the wheel needs hatchling (in the `test` extra)")
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    (wheel,) = dist.glob("circuitlang-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "circuitlang/grammar/circuit.lark" in names
+    assert "circuitlang/py.typed" in names
+    # a fresh venv; dependencies come from this interpreter (no downloads), the package from the wheel
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    example = (ROOT / "examples" / "eqprop_hopfield.circ").read_text()
+    (work / "net.circ").write_text(example)
+    where = subprocess.run(
+        [str(py), "-c", "import circuitlang, circuitlang.parse as p; print(circuitlang.__file__); print(p.grammar_path())"],
+        cwd=work, check=True, capture_output=True, text=True,
+    ).stdout.split()
+    assert all(str(env_dir) in w for w in where), where  # the wheel's copy, with its own grammar
+    r = subprocess.run([str(env_dir / "bin" / "circuitc"), "check", "net.circ"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "net.circ: ok" in r.stdout
