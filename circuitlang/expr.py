@@ -25,8 +25,9 @@ class Scope:
 
     `names` maps each plain name to what it is ("param", "state", ...);
     `members(obj)` returns the attributes `obj.attr` may use (None when `obj`
-    is not something with members); `functions` maps user functions to their
-    arity; `what` names the context for messages ("a param", "a rule").
+    is not something with members); `objects` lists the names that do, for
+    suggestions; `functions` maps user functions to their arity; `what` names
+    the context for messages ("a param", "a rule"); `hint` says what may be used.
     """
 
     what: str
@@ -36,6 +37,7 @@ class Scope:
     time_derivative: bool = False
     matrices: bool = False  # `@` and `transpose` (energy terms)
     hint: str | None = None
+    objects: tuple[str, ...] = ()  # the names that have members (populations, `pre`, `post`)
 
 
 def check_expr(expr: S.Expr, scope: Scope, out: list[Diagnostic]) -> None:
@@ -67,10 +69,12 @@ def check_expr(expr: S.Expr, scope: Scope, out: list[Diagnostic]) -> None:
             if allowed is None:
                 if node.obj.name in scope.names:
                     msg = f"`{node.obj.name}` has no members: only populations do (like `h.s`)"
+                    hint = scope.hint
                 else:
-                    pool = [n for n in scope.names if scope.members(n) is not None]
+                    pool = [n for n in scope.objects if scope.members(n) is not None]
                     msg = f"unknown population `{node.obj.name}` in {scope.what}{did_you_mean(node.obj.name, pool)}"
-                out.append(Diagnostic(msg, node.obj.span, scope.hint))
+                    hint = ("populations here: " + ", ".join(f"`{n}`" for n in pool)) if pool else scope.hint
+                out.append(Diagnostic(msg, node.obj.span, hint))
             elif node.attr.name not in allowed:
                 out.append(
                     Diagnostic(
@@ -102,7 +106,7 @@ def _check_call(node: S.Call, scope: Scope, out: list[Diagnostic]) -> None:
     name = node.fn.name
     n = len(node.args)
     if name in scope.functions:
-        arity, elementwise = (scope.functions[name],), scope.functions[name] == 1
+        arity, elementwise = (scope.functions[name],), True  # user functions are element-wise
     elif name in P.FUNCTIONS:
         fn = P.FUNCTIONS[name]
         arity, elementwise = fn.arity, fn.elementwise
@@ -122,20 +126,31 @@ def _check_call(node: S.Call, scope: Scope, out: list[Diagnostic]) -> None:
         )
         return
     if n not in arity:
-        want = " or ".join(str(a) for a in arity)
-        out.append(
-            Diagnostic(
-                f"`{name}` takes {want} argument{'s' if arity != (1,) else ''}, but {n} {'is' if n == 1 else 'are'} given",
-                node.span,
-            )
-        )
+        out.append(Diagnostic(_arity_message(name, arity, n), node.span))
     if node.primes and not (elementwise and arity == (1,)):
+        takes = f"takes {' or '.join(str(a) for a in arity)} arguments" if elementwise else "is not element-wise"
         out.append(
             Diagnostic(
-                f"`{name}{chr(39) * node.primes}`: only functions of one argument have a derivative",
+                f"`{name}{chr(39) * node.primes}`: only functions of one argument have a derivative, and `{name}` {takes}",
                 node.fn.span,
+                f"define a function of one argument, e.g. `fn g(x) = {name}(x, ...)`, and write `g'(x)`"
+                if elementwise else None,
             )
         )
+
+
+def _arity_message(name: str, arity: tuple[int, ...], given: int) -> str:
+    want = " or ".join(str(a) for a in arity)
+    plural = "" if arity == (1,) else "s"
+    return f"`{name}` takes {want} argument{plural}, but {given} {'is' if given == 1 else 'are'} given"
+
+
+# why a built-in gives a non-finite value, for the hint under the message
+_DOMAIN_HINTS = {
+    "exp": "`exp(x)` overflows a float for x above about 709",
+    "log": "`log(x)` needs x > 0",
+    "sqrt": "`sqrt(x)` needs x >= 0",
+}
 
 
 class EvalError(Exception):
@@ -181,7 +196,8 @@ def _eval(expr, env, functions, what, depth):
         b = _eval(expr.right, env, functions, what, depth)
         op = expr.op
         if op in ("/",) and b == 0:
-            raise EvalError(Diagnostic(f"division by zero in {what}", expr.span))
+            divisor = f"`{expr.right.name}` is 0" if isinstance(expr.right, S.Var) else "the divisor is 0"
+            raise EvalError(Diagnostic(f"division by zero in {what}: {divisor}", expr.right.span))
         table = {
             "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power,
             "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
@@ -201,14 +217,38 @@ def _eval(expr, env, functions, what, depth):
         if name in functions:
             fn = functions[name]
             if len(args) != len(fn.params):
-                raise EvalError(Diagnostic(f"`{name}` takes {len(fn.params)} arguments, {len(args)} given", expr.span))
+                raise EvalError(Diagnostic(_arity_message(name, (len(fn.params),), len(args)), expr.span))
             local = dict(env)
             local.update(zip(fn.params, args))
             return _eval(fn.body, local, functions, what, depth + 1)
         if name in P.FUNCTIONS and P.FUNCTIONS[name].elementwise:
             fn = P.FUNCTIONS[name]
             if len(args) not in fn.arity:
-                raise EvalError(Diagnostic(f"`{name}` takes {fn.arity[0]} arguments, {len(args)} given", expr.span))
-            return np.float64(fn.impl(np, *args))
-        raise EvalError(Diagnostic(f"`{name}` cannot be used in {what}", expr.fn.span))
+                raise EvalError(Diagnostic(_arity_message(name, fn.arity, len(args)), expr.span))
+            out = np.float64(fn.impl(np, *args))
+            if not np.isfinite(out):
+                shown = ", ".join(f"{a:g}" for a in args)
+                raise EvalError(
+                    Diagnostic(
+                        f"`{name}({shown})` is {out}, so {what} is not a finite number",
+                        expr.span,
+                        _DOMAIN_HINTS.get(name),
+                    )
+                )
+            return out
+        if name in P.FUNCTIONS:
+            raise EvalError(
+                Diagnostic(
+                    f"`{name}` works on a population's values; it cannot be used in {what}",
+                    expr.fn.span,
+                    "a constant is computed from numbers and params with element-wise functions like `exp` or `sqrt`",
+                )
+            )
+        raise EvalError(
+            Diagnostic(
+                f"unknown function `{name}` in {what}{did_you_mean(name, list(functions) + list(P.FUNCTIONS))}",
+                expr.fn.span,
+                f"define it with `fn {name}(x) = ...`",
+            )
+        )
     raise EvalError(Diagnostic(f"this cannot be used in {what}: it is not a constant", expr.span))
