@@ -80,6 +80,11 @@ class _Builder:
         self.weight_spans: dict[str, Span] = {}
         self.biased: dict[str, Span] = {}
         self.names: dict[str, tuple[str, Span]] = {}  # global namespace: name -> (kind, span)
+        self.param_decls: dict[str, Span] = {}  # every param of the file, defined yet or not
+        self.broken: set[str] = set()  # params whose value could not be computed
+        self.cost_spans: dict[str, Span] = {}  # population -> its `cost` statement
+        self.tie_spans: dict[str, Span] = {}  # tied weight -> its `= W` / `= transpose(W)`
+        self.unknown_dynamics = False  # an energy preset or `dynamics` name was misspelled
 
     # ------------------------------------------------------------- helpers --
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
@@ -102,6 +107,8 @@ class _Builder:
         return True
 
     def const(self, expr: S.Expr, what: str) -> float | None:
+        if self.broken and any(isinstance(n, S.Var) and n.name in self.broken for n in S.walk(expr)):
+            return None  # it uses a param whose error is reported already
         try:
             return evaluate(expr, self.params, self.functions, what)
         except EvalError as exc:
@@ -128,6 +135,8 @@ class _Builder:
                     s.name.name, tuple(p.name for p in s.params), s.body, s.span
                 )
         for s in by(S.Param):
+            self.param_decls.setdefault(s.name.name, s.name.span)
+        for s in by(S.Param):
             self.param(s)
         for s in by(S.FnDef):
             self.fn_body(s)
@@ -139,8 +148,9 @@ class _Builder:
             self.bias(s)
         connections = by(S.Connection)
         for s in connections:
-            if s.weight is not None:
-                self.declare(s.weight, "weight")
+            weight = s.weight or _colonless_weight(s)
+            if weight is not None:
+                self.declare(weight, "weight")
         for s in connections:
             self.connection(s)
         self.ties(connections)
@@ -149,10 +159,15 @@ class _Builder:
         energy = self.energy(energies)
         dyn = self.dynamics(dynamics, energy)
         self.coupling_meaning(energy, dyn)
+        self.cost_statements = len(by(S.Cost))  # a bad cost is reported, not also "missing"
         costs = [c for c in (self.cost(s) for s in by(S.Cost)) if c is not None]
         learns = by(S.Learn)
         for extra in learns[1:]:
-            self.error("a circuit has one `learn` block; this is the second", extra.method.span)
+            self.error(
+                "a circuit has one `learn` block; this is the second",
+                extra.method.span,
+                f"put its phases, rules and settings into the first one (line {learns[0].span.line})",
+            )
         learning = self.learn(learns[0], energy, dyn, costs) if learns else None
         self.memory_estimate()
 
@@ -183,19 +198,30 @@ class _Builder:
     def param(self, s: S.Param) -> None:
         if not self.declare(s.name, "param"):
             return
-        env_names = set(self.params)
-        later = [n.name for n in S.walk(s.value) if isinstance(n, S.Var) and n.name not in env_names]
-        value = self.const(s.value, f"param `{s.name.name}`")
-        if value is None and later:
-            for n in S.walk(s.value):
-                if isinstance(n, S.Var) and self.names.get(n.name, ("",))[0] == "param":
-                    self.error(
-                        f"param `{n.name}` is used before it is defined",
-                        n.span,
-                        "define params before the params that use them",
-                    )
-                    break
-        self.params[s.name.name] = value if value is not None else 0.0
+        name = s.name.name
+        ordered = True
+        for n in S.walk(s.value):
+            if not isinstance(n, S.Var) or n.name in self.params:
+                continue
+            later = self.param_decls.get(n.name)
+            if n.name == name:
+                self.error(
+                    f"param `{name}` is defined in terms of itself",
+                    n.span,
+                    "a param is a constant: write its value, or compute it from params defined above it",
+                )
+                ordered = False
+            elif later is not None:
+                self.error(
+                    f"param `{n.name}` is used before it is defined",
+                    n.span,
+                    f"params are evaluated in order: move `param {n.name}` (line {later.line}) above line {s.span.line}",
+                )
+                ordered = False
+        value = self.const(s.value, f"param `{name}`") if ordered else None
+        if value is None:
+            self.broken.add(name)  # already reported; uses of it stay quiet
+        self.params[name] = value if value is not None else 0.0
 
     def fn_body(self, s: S.FnDef) -> None:
         seen = set()
@@ -205,26 +231,35 @@ class _Builder:
             seen.add(p.name)
         names = {p.name: "argument" for p in s.params}
         names.update({n: "param" for n in self.params})
-        scope = Scope(f"function `{s.name.name}`", names, self.fn_arities())
+        args = ", ".join(f"`{p.name}`" for p in s.params) or "none"
+        scope = Scope(
+            f"function `{s.name.name}`", names, self.fn_arities(),
+            hint=f"a function may use its arguments ({args}) and params",
+        )
         check_expr(s.body, scope, self.errors)
         # recursion: a function may not call itself, directly or not
-        if self._calls(s.name.name, s.body, set()):
+        chain = self._calls(s.name.name, s.body, set())
+        if chain is not None:
+            how = "" if not chain else " through " + ", ".join(f"`{c}`" for c in chain)
             self.error(
-                f"function `{s.name.name}` calls itself; recursion is not supported",
+                f"function `{s.name.name}` calls itself{how}; recursion is not supported",
                 s.name.span,
+                "a function is a formula that is expanded where it is used, so it must not call itself",
             )
 
-    def _calls(self, target: str, body: S.Expr, visiting: set[str]) -> bool:
+    def _calls(self, target: str, body: S.Expr, visiting: set[str]) -> list[str] | None:
+        """The functions through which `body` calls `target` (`[]`: directly), or None."""
         for node in S.walk(body):
             if isinstance(node, S.Call) and node.fn.name in self.functions:
                 name = node.fn.name
                 if name == target:
-                    return True
+                    return []
                 if name not in visiting:
                     visiting.add(name)
-                    if self._calls(target, self.functions[name].body, visiting):
-                        return True
-        return False
+                    rest = self._calls(target, self.functions[name].body, visiting)
+                    if rest is not None:
+                        return [name, *rest]
+        return None
 
     # ------------------------------------------------------------- neurons --
     def neuron(self, s: S.Neuron) -> None:
@@ -255,15 +290,19 @@ class _Builder:
         names.update({c: "compartment" for c in comps})
         names.update({x: "state" for x in states})
         names["t"] = "time"
+        cell_hint = (
+            f"the equations of `{s.name.name}` may use its compartments, its state variables, "
+            "values defined above them in the cell (`v = ...`), params and `t`"
+        )
         lets = []
         for let in s.lets:
-            scope = Scope(f"cell type `{s.name.name}`", dict(names), self.fn_arities())
+            scope = Scope(f"cell type `{s.name.name}`", dict(names), self.fn_arities(), hint=cell_hint)
             check_expr(let.value, scope, self.errors)
             if let.name.name in names and names[let.name.name] != "param":
                 self.error(f"`{let.name.name}` is already defined in `{s.name.name}`", let.name.span)
             names[let.name.name] = "value"
             lets.append((let.name.name, let.value))
-        scope = Scope(f"cell type `{s.name.name}`", names, self.fn_arities())
+        scope = Scope(f"cell type `{s.name.name}`", names, self.fn_arities(), hint=cell_hint)
         odes = []
         for o in s.odes:
             check_expr(o.rhs, scope, self.errors)
@@ -285,9 +324,9 @@ class _Builder:
                 size = 1
             elif size > MAX_POPULATION:
                 self.error(
-                    f"`{s.name.name}` has {_num(size)} neurons; the limit is {MAX_POPULATION:.0e}",
+                    f"`{s.name.name}` has {_num(size)} neurons; the limit is {MAX_POPULATION:,}",
                     s.size.span,
-                    f"its state alone would take {_bytes(size * 4)} per example",
+                    f"its state alone would take {_bytes(size * 4)} per example; check the size",
                 )
                 size = 1
         size = int(size) if size is not None else 1
@@ -362,7 +401,16 @@ class _Builder:
                 return None
             return v.name
         fn = P.FUNCTIONS.get(v.name)
-        if fn is None or fn.arity != (1,) or not fn.elementwise:
+        if fn is not None and (fn.arity != (1,) or not fn.elementwise):
+            why = f"takes {' or '.join(map(str, fn.arity))} arguments" if fn.elementwise else "is not element-wise"
+            self.error(
+                f"`{v.name}` {why}, so it cannot be an activation",
+                v.span,
+                f"wrap it in a function of one argument, e.g. `fn rho(x) = {v.name}(x, 0, 1)` and `rho=rho`"
+                if v.name == "clip" else "an activation is a function of one argument, like `tanh` or your own `fn`",
+            )
+            return None
+        if fn is None:
             pool = [f for f in P.FUNCTIONS if P.FUNCTIONS[f].arity == (1,) and P.FUNCTIONS[f].elementwise]
             self.error(
                 f"unknown activation `{v.name}`{did_you_mean(v.name, pool + list(self.functions))}",
@@ -430,16 +478,26 @@ class _Builder:
                 f"a connection leaves a population's rate, not a compartment: drop `.{s.pre.compartment.name}`",
                 s.pre.compartment.span,
             )
-        if s.weight is None and kind != "one_to_one":
+        target = f"{post.name}{'.' + s.post.compartment.name if s.post.compartment else ''}"
+        weight, options = s.weight, s.options
+        if weight is None and (guess := _colonless_weight(s)) is not None:
+            # `x -> y W1`: the colon is missing; report it once and go on as if it were there
+            self.error(
+                f"a `:` is missing before the weight name `{guess.name}`",
+                guess.span,
+                f"write `{pre.name} {s.arrow} {target} : {guess.name}`",
+            )
+            weight, options = guess, s.options[1:]
+        if weight is None and kind != "one_to_one":
             self.error(
                 f"this `{s.arrow}` connection needs a weight name",
                 s.span,
-                f"write `{pre.name} {s.arrow} {post.name}{'.' + s.post.compartment.name if s.post.compartment else ''} : W`",
+                f"write `{pre.name} {s.arrow} {target} : W`",
             )
             ok = False
         init, plasticity, sign, gain = InitSpec("glorot"), "plastic", 1, 1.0
         init_given = fixed_given = False
-        for opt in s.options:
+        for opt in options:
             spec = self._option(opt, P.CONNECTION_OPTIONS, "a connection")
             if spec is None:
                 continue
@@ -455,16 +513,17 @@ class _Builder:
                     self.error("`gain` applies to one-to-one connections (`=>`)", opt.key_span,
                                "for a weight matrix, scale its `init` instead")
                 gain = self._checked_number(opt.value, spec, "`gain`") or gain
-        if kind == "one_to_one" and s.weight is None:
+        if kind == "one_to_one" and weight is None:
             plasticity = "fixed"
         tie_target, transposed = None, False
         if s.tie is not None:
             tie_target, transposed = self._tie_form(s)
             if tie_target is not None:
                 plasticity = "tied"
+                self.tie_spans[weight.name] = s.tie.span
                 if init_given or fixed_given:
                     self.error(
-                        f"`{s.weight.name}` is tied to `{tie_target}`; it takes its values (and learning) from there",
+                        f"`{weight.name}` is tied to `{tie_target}`; it takes its values (and learning) from there",
                         s.tie.span,
                         "remove `init=` / `fixed` from the tied connection",
                     )
@@ -477,7 +536,7 @@ class _Builder:
                 self.error(
                     "an undirected coupling `--` joins two populations; it has no target compartment",
                     s.post.compartment.span,
-                    f"write `{pre.name} -- {post.name} : {s.weight.name}`",
+                    f"write `{pre.name} -- {post.name} : {weight.name}`",
                 )
             comp = post_pop.compartments[0]
         elif s.post.compartment is not None:
@@ -525,7 +584,7 @@ class _Builder:
                 kind=kind,
                 pre=pre_name,
                 post=post_name,
-                weight=s.weight.name if s.weight is not None else None,
+                weight=weight.name if weight is not None else None,
                 compartment=comp,
                 shape=shape,
                 init=init,
@@ -611,7 +670,7 @@ class _Builder:
             if target.tied_to is not None:
                 self.error(
                     f"`{e.weight}` is tied to `{e.tied_to}`, which is itself tied to `{target.tied_to}`",
-                    e.span,
+                    self.tie_spans.get(e.weight, e.span),
                     f"tie `{e.weight}` directly to `{target.tied_to}`",
                 )
                 continue
@@ -623,8 +682,9 @@ class _Builder:
                     else f"use `= transpose({e.tied_to})`" if target.shape[::-1] == e.shape else None
                 )
                 self.error(
-                    f"shape mismatch: `{e.weight}` is {e.shape[0]}×{e.shape[1]} but `{form}` is {want[0]}×{want[1]}",
-                    e.span,
+                    f"shape mismatch: `{e.weight}` is {e.shape[0]}×{e.shape[1]} ({_rows(e)}), but `{form}` is "
+                    f"{want[0]}×{want[1]} ({_rows(target, e.transposed)})",
+                    self.tie_spans.get(e.weight, e.span),
                     hint,
                 )
 
@@ -642,6 +702,7 @@ class _Builder:
         presets = []
         for use in d.uses:
             if use.name.name not in P.ENERGIES:
+                self.unknown_dynamics = True
                 self.error(
                     f"unknown energy `{use.name.name}`{did_you_mean(use.name.name, P.ENERGIES)}",
                     use.name.span,
@@ -660,6 +721,7 @@ class _Builder:
             names = {n: "param" for n in self.params}
             names.update({w: "weight" for w in weights})
             members = self._members
+            objects: tuple[str, ...] = ()
             if t.targets:
                 kinds = {x.name: ("weight" if x.name in weights else "population" if x.name in self.pops else "") for x in t.targets}
                 for x in t.targets:
@@ -675,13 +737,19 @@ class _Builder:
                 over = (found.pop() + "s") if len(found) == 1 else ""
                 if over == "weights":
                     names["W"] = "weight"
+                    objects = ("pre", "post")
                     members = lambda obj: ("s", *DERIVED_MEMBERS) if obj in ("pre", "post") else self._members(obj)  # noqa: E731
                 elif over == "populations":
+                    objects = ("self",)
                     members = lambda obj: ("s", *DERIVED_MEMBERS) if obj == "self" else self._members(obj)  # noqa: E731
-            scope = Scope("an energy term", names, self.fn_arities(), members, matrices=True)
+            scope = Scope(
+                "an energy term", names, self.fn_arities(), members, matrices=True,
+                hint="an energy term may use params, weights and population values like `h.s`",
+                objects=(*objects, *self.pops),
+            )
             check_expr(t.expr, scope, self.errors)
             terms.append(EnergyTermSpec(tuple(x.name for x in t.targets), over, t.expr, t.span))
-        if not presets and not terms:
+        if not presets and not terms and not self.unknown_dynamics:
             self.error("the energy block is empty", d.span, "name a preset (`hopfield`, `predictive`) or add `term ...`")
         return EnergySpec(tuple(presets), tuple(terms), d.span)
 
@@ -700,6 +768,7 @@ class _Builder:
             self.error("`dynamics` is declared twice", extra.span)
         d = decls[0]
         if d.name.name not in P.DYNAMICS:
+            self.unknown_dynamics = True
             self.error(
                 f"unknown dynamics `{d.name.name}`{did_you_mean(d.name.name, P.DYNAMICS)}",
                 d.name.span,
@@ -718,6 +787,8 @@ class _Builder:
 
     def coupling_meaning(self, energy: EnergySpec | None, dyn: DynamicsSpec | None) -> None:
         """Each connection must mean something under the chosen dynamics."""
+        if self.unknown_dynamics:
+            return  # which connections fit is unknown until the name is fixed
         presets = set(energy.presets) if energy else set()
         custom = bool(energy and energy.terms)
         typed = any(p.cell_type for p in self.pops.values())
@@ -763,14 +834,31 @@ class _Builder:
             )
             ok = False
         for opt in s.options:
-            self.error(f"unknown option `{opt.key}` for a cost", opt.key_span)
-        if ok and self.pops[s.population.name].role != "output":
+            self.error(f"unknown option `{opt.key}` for a cost", opt.key_span, f"write `cost {s.population.name} {s.kind.name}`")
+        name = s.population.name
+        if name in self.cost_spans:
             self.error(
-                f"the cost is on `{s.population.name}`, which is not an output population",
+                f"`{name}` already has a cost (line {self.cost_spans[name].line})",
                 s.population.span,
-                f"mark it: `population {s.population.name} [...] output`",
+                "a population has one cost; keep one of the two lines",
             )
-        return CostSpec(s.population.name, s.kind.name, s.span) if ok else None
+            return None
+        if ok:
+            self.cost_spans[name] = s.span
+        pop = self.pops.get(name)
+        if ok and pop.role == "input":
+            self.error(
+                f"the cost is on `{name}`, an input population: it is clamped to the data, so the cost cannot nudge it",
+                s.population.span,
+                "put the cost on the output population, the one the targets are compared with",
+            )
+        elif ok and pop.role != "output":
+            self.error(
+                f"the cost is on `{name}`, which is not an output population",
+                s.population.span,
+                f"mark it: `population {name} [{pop.size}] output`",
+            )
+        return CostSpec(name, s.kind.name, s.span) if ok else None
 
     # --------------------------------------------------------------- learn --
     def learn(self, s: S.Learn, energy, dyn, costs) -> LearningSpec | None:
@@ -781,18 +869,25 @@ class _Builder:
                 s.method.span,
                 "methods: " + ", ".join(P.LEARN_METHODS),
             )
-        if not costs and method in P.LEARN_METHODS:
+        if not costs and not self.cost_statements and method in P.LEARN_METHODS:
             self.error("learning needs a cost", s.method.span, "add e.g. `cost y squared` for the output `y`")
         if not any(p.role == "input" for p in self.pops.values()):
             self.error("learning needs an input population", s.method.span, "mark one: `population x [64] input`")
         phases = []
+        every = []  # duplicates included: their bodies are checked too
         seen: dict[str, Span] = {}
         for ph in s.phases:
+            spec = self.phase(ph, energy, dyn)
+            if spec is not None:
+                every.append(spec)
             if ph.name.name in seen:
-                self.error(f"phase `{ph.name.name}` is defined twice (first at line {seen[ph.name.name].line})", ph.name.span)
+                self.error(
+                    f"phase `{ph.name.name}` is defined twice (first at line {seen[ph.name.name].line})",
+                    ph.name.span,
+                    "give each phase its own name; rules refer to phases by name",
+                )
                 continue
             seen[ph.name.name] = ph.span
-            spec = self.phase(ph, energy, dyn)
             if spec is not None:
                 phases.append(spec)
         if not s.phases:
@@ -813,7 +908,7 @@ class _Builder:
             if estimator in ("rules",):
                 self.error("`estimator rules` needs `learn rules`", est_attr.value.span)
             estimator = estimator or "one_sided"
-            self._eqprop_phases(phases, estimator, est_attr or s)
+            self._eqprop_phases(every, estimator, est_attr or s)
             if s.rules:
                 self.error(
                     "local rules belong in `learn rules { ... }`; `learn eqprop` derives its own update",
@@ -893,7 +988,7 @@ class _Builder:
                 continue  # handled by the optimizer
             for kw in a.kwargs:
                 self.error(f"`{key}` takes one value, not `{kw.key}=`", kw.key_span)
-            v = self._checked_number(a.value, spec, f"`{key}`")
+            v = self._checked_number(a.value, spec, f"`{key}` in {what}")
             if v is not None:
                 out[key] = int(v) if spec.kind == "int" else v
         return out
@@ -907,7 +1002,8 @@ class _Builder:
         if forward and steps is not None:
             self.error(f"{what} is `forward` (one exact pass), so it takes no `steps`", ph.name.span)
         if not forward and steps is None and present is None:
-            has_error = any(a.key.name == "steps" for a in ph.attrs)
+            # a bad `steps` value or a misspelled setting is reported already
+            has_error = any(a.key.name == "steps" or a.key.name not in P.PHASE_SETTINGS for a in ph.attrs)
             if not has_error:
                 self.error(
                     f"{what} has no steps",
@@ -962,10 +1058,13 @@ class _Builder:
             )
         nudged = [p for p in phases[1:] if p.beta != 0]
         if estimator in ("one_sided", "random_sign", "symmetric", "holomorphic") and not nudged:
+            written = isinstance(where, S.Attr)
             self.error(
-                f"estimator `{estimator}` needs a nudged phase",
+                f"estimator `{estimator}` needs a nudged phase, but no phase after the first sets `beta`"
+                if written else
+                f"EqProp needs a nudged phase (the default estimator is `{estimator}`), but no phase after the first sets `beta`",
                 phases[-1].span,
-                "add one after the free phase: `phase nudge { steps 4; dt 0.5; beta 0.5 }`",
+                "give a later phase a `beta`, e.g. `phase nudge { steps 4; dt 0.5; beta 0.5 }`",
             )
 
     def optimizer(self, o: S.Optimizer) -> OptimizerSpec | None:
@@ -1032,6 +1131,7 @@ class _Builder:
         else:
             targets = [r.lhs]
         names: list[str] = []
+        unknown = False
         for t in targets:
             if t.name in biases:
                 names.append(t.name)
@@ -1044,7 +1144,7 @@ class _Builder:
                     t.span,
                     ("weights: " + ", ".join(weights)) if weights else "name a weight after a connection's colon",
                 )
-                ok = False
+                ok, unknown = False, True
             elif e.plasticity == "tied":
                 self.error(
                     f"`{t.name}` is tied to `{e.tied_to}`: it follows `{e.tied_to}`, so it has no rule of its own",
@@ -1062,16 +1162,26 @@ class _Builder:
         names_scope.update({"beta": "phase", "dt": "phase", "t": "time"})
         if placeholder:
             names_scope[placeholder] = "weight"
-        members = lambda obj: self._rule_members(obj, names, weights)  # noqa: E731
-        scope = Scope("a learning rule", names_scope, self.fn_arities(), members, time_derivative=True)
+        # with an unknown weight the ends of the synapse are unknown too: accept
+        # any population's values for `pre.` / `post.` rather than guess
+        ends = list(self.pops) if unknown else None
+        members = lambda obj: self._rule_members(obj, names, weights, ends)  # noqa: E731
+        scope = Scope(
+            "a learning rule", names_scope, self.fn_arities(), members, time_derivative=True,
+            hint="a rule may use params, `pre.s` and `post.s`, population values like `y.s`, "
+            "`beta`, `dt` and `t`; define constants with `param NAME = ...`",
+            objects=("pre", "post", *self.pops),
+        )
         check_expr(r.expr, scope, self.errors)
         if not ok:
             return None
         return RuleSpec(tuple(p.name for p in r.phases), r.always, tuple(names), placeholder, r.expr, r.span)
 
-    def _rule_members(self, obj, names, weights):
+    def _rule_members(self, obj, names, weights, any_of=None):
         if obj in ("pre", "post"):
             allowed: list[str] = []
+            for end in any_of or ():
+                allowed.extend(m for m in self._members(end) or () if m not in allowed)
             for n in names:
                 e = weights.get(n)
                 ends = [e.pre, e.post] if e is not None else [n.split(".")[0]]
@@ -1100,6 +1210,22 @@ class _Builder:
             )
 
 
+def _colonless_weight(s: S.Connection) -> S.Ident | None:
+    """`x -> y W1`: a bare first option that is no connection option is a weight name."""
+    if s.weight is not None or s.arrow == "=>" or not s.options:
+        return None
+    first = s.options[0]
+    if first.value is not None or "." in first.key or first.key in P.CONNECTION_OPTIONS:
+        return None
+    return S.Ident(first.key, first.key_span)
+
+
+def _rows(e: ConnectionEdge, transposed: bool = False) -> str:
+    """`|h| × |y|`: which populations a weight's rows and columns follow."""
+    rows, cols = (e.pre, e.post) if transposed else (e.post, e.pre)
+    return f"`{rows}` × `{cols}`"
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -1107,9 +1233,11 @@ def _num(x: float) -> str:
 def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+            break
         n /= 1024
-    return f"{n:.1f} PiB"
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n:.1f} {unit}" if n < 10**6 else f"{n:.1e} {unit}"
 
 
 def _stem(path: str) -> str:
