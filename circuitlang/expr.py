@@ -116,17 +116,26 @@ def _check_call(node: S.Call, scope: Scope, out: list[Diagnostic]) -> None:
             )
             return
     else:
-        pool = list(scope.functions) + list(P.FUNCTIONS)
+        usable = sorted(
+            f for f, spec in P.FUNCTIONS.items()
+            if scope.matrices or not (spec.reduction or f == "transpose")
+        )
+        pool = list(scope.functions) + usable
         out.append(
             Diagnostic(
                 f"unknown function `{name}`{did_you_mean(name, pool)}",
                 node.fn.span,
-                "define it with `fn " + name + "(x) = ...`, or use a built-in: " + ", ".join(sorted(P.FUNCTIONS)),
+                "define it with `fn " + name + "(x) = ...`, or use a built-in: " + ", ".join(usable),
             )
         )
         return
     if n not in arity:
-        out.append(Diagnostic(_arity_message(name, arity, n), node.span))
+        hint = None
+        if name not in scope.functions:
+            doc = P.FUNCTIONS[name].doc  # e.g. "clip(x, lo, hi): x limited to [lo, hi]"
+            sig, _, meaning = doc.partition("): ")
+            hint = f"`{sig})`: {meaning}" if meaning and sig.startswith(name + "(") else f"`{name}`: {doc}"
+        out.append(Diagnostic(_arity_message(name, arity, n), node.span, hint))
     if node.primes and not (elementwise and arity == (1,)):
         takes = f"takes {' or '.join(str(a) for a in arity)} arguments" if elementwise else "is not element-wise"
         out.append(
