@@ -333,7 +333,7 @@ class _Builder:
         roles = []
         activation = "rho" if "rho" in self.functions else "identity"
         tau = 1.0
-        for opt in s.options:
+        for opt in self._own_options(s.options):
             spec = self._option(opt, P.POPULATION_OPTIONS, "a population")
             if spec is None:
                 continue
@@ -373,6 +373,26 @@ class _Builder:
                 s.name.name, size, role, ctype, comps, state, activation, tau, False, s.span
             )
             self.pop_spans[s.name.name] = s.span
+
+    def _own_options(self, options: tuple[S.Option, ...]) -> tuple[S.Option, ...]:
+        """The options up to a statement keyword; `input population y` is two statements.
+
+        Keywords are soft, so `population x [4] input population y [2]` only
+        fails to parse at the second `[`; and `... input bias x` parses as
+        options. No option is named like a statement, so report the keyword
+        and leave what follows it alone.
+        """
+        for i, opt in enumerate(options):
+            if opt.value is None and opt.key in _STATEMENT_WORDS:
+                self.error(
+                    f"`{opt.key}` starts a new statement, but it is on the same line as the one before",
+                    opt.key_span,
+                    "put each statement on its own line, or separate them with `;`",
+                )
+                if opt.key in ("energy", "dynamics", "neuron"):
+                    self.unknown_dynamics = True  # the swallowed statement may have said how states evolve
+                return options[:i]
+        return options
 
     def _option(self, opt: S.Option, table: Mapping[str, P.Setting], what: str) -> P.Setting | None:
         spec = table.get(opt.key)
@@ -437,7 +457,7 @@ class _Builder:
 
     # ---------------------------------------------------------------- bias --
     def bias(self, s: S.Bias) -> None:
-        for opt in s.options:
+        for opt in self._own_options(s.options):
             self.error(f"unknown option `{opt.key}` for `bias`", opt.key_span, "write `bias h, y`")
         for p in s.populations:
             if p.name not in self.pops:
@@ -479,7 +499,7 @@ class _Builder:
                 s.pre.compartment.span,
             )
         target = f"{post.name}{'.' + s.post.compartment.name if s.post.compartment else ''}"
-        weight, options = s.weight, s.options
+        weight, options = s.weight, self._own_options(s.options)
         if weight is None and (guess := _colonless_weight(s)) is not None:
             # `x -> y W1`: the colon is missing; report it once and go on as if it were there
             self.error(
@@ -487,7 +507,7 @@ class _Builder:
                 guess.span,
                 f"write `{pre.name} {s.arrow} {target} : {guess.name}`",
             )
-            weight, options = guess, s.options[1:]
+            weight, options = guess, options[1:]
         if weight is None and kind != "one_to_one":
             self.error(
                 f"this `{s.arrow}` connection needs a weight name",
@@ -712,7 +732,7 @@ class _Builder:
                 self.error(f"energy `{use.name.name}` is named twice", use.name.span)
             else:
                 presets.append(use.name.name)
-            for opt in use.options:
+            for opt in self._own_options(use.options):
                 self.error(f"unknown option `{opt.key}` for an energy", opt.key_span)
         terms = []
         weights = {e.weight: e for e in self.edges if e.weight is not None}
@@ -781,7 +801,7 @@ class _Builder:
                 d.span,
                 f"remove `dynamics {d.name.name}` or the energy at line {energy.span.line}",
             )
-        for opt in d.options:
+        for opt in self._own_options(d.options):
             self.error(f"unknown option `{opt.key}` for dynamics", opt.key_span)
         return DynamicsSpec(d.name.name, d.span)
 
@@ -833,7 +853,7 @@ class _Builder:
                 "costs: " + ", ".join(P.COSTS),
             )
             ok = False
-        for opt in s.options:
+        for opt in self._own_options(s.options):
             self.error(f"unknown option `{opt.key}` for a cost", opt.key_span, f"write `cost {s.population.name} {s.kind.name}`")
         name = s.population.name
         if name in self.cost_spans:
@@ -1210,12 +1230,17 @@ class _Builder:
             )
 
 
+_STATEMENT_WORDS = frozenset(
+    ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn")
+)
+
+
 def _colonless_weight(s: S.Connection) -> S.Ident | None:
     """`x -> y W1`: a bare first option that is no connection option is a weight name."""
     if s.weight is not None or s.arrow == "=>" or not s.options:
         return None
     first = s.options[0]
-    if first.value is not None or "." in first.key or first.key in P.CONNECTION_OPTIONS:
+    if first.value is not None or "." in first.key or first.key in P.CONNECTION_OPTIONS or first.key in _STATEMENT_WORDS:
         return None
     return S.Ident(first.key, first.key_span)
 
