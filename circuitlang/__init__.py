@@ -19,8 +19,24 @@ from .source import Span
 
 __version__ = "0.1.0"
 
+_LAZY = {"compile": "model", "Model": "model", "train": "train", "evaluate": "train", "load_data": "data"}
+
+
+def __getattr__(name: str):
+    """JAX-backed parts load on first use, so `circuitc check` stays quick."""
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        attr = getattr(module, "load" if name == "load_data" else name)
+        globals()[name] = attr
+        return attr
+    raise AttributeError(f"module 'circuitlang' has no attribute {name!r}")
+
 __all__ = [
     "Circuit",
+    "Model",
+    "compile",
     "CircuitError",
     "CircuitRuntimeError",
     "CircuitSemanticError",

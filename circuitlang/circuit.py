@@ -13,6 +13,7 @@ import networkx as nx
 from .check import build
 from .errors import CircuitError
 from .graph import CircuitSpec, ConnectionEdge, PopulationNode, weights
+from .overrides import apply_overrides
 from .parse import parse
 from .source import Source, decode
 
@@ -25,6 +26,15 @@ class Circuit:
 
     graph: nx.MultiDiGraph
     source: Source
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    def with_overrides(self, overrides) -> "Circuit":
+        """The same file with `--set`-style overrides applied (checked again)."""
+        if not overrides:
+            return self
+        program = apply_overrides(parse(self.source.text, self.source.path), overrides)
+        graph = build(program, self.source)
+        return Circuit(graph, self.source, self.overrides + tuple(dict(overrides).items()))
 
     @property
     def spec(self) -> CircuitSpec:
@@ -50,7 +60,9 @@ class Circuit:
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the learned (and fixed) arrays: weights, then biases."""
         shapes: dict[str, tuple[int, ...]] = {
-            w: e.shape for w, e in self.weights.items() if e.plasticity != "tied"
+            w: (e.shape[0],) if e.kind == "one_to_one" else e.shape
+            for w, e in self.weights.items()
+            if e.plasticity != "tied"
         }
         for name, pop in self.populations.items():
             if pop.bias:

@@ -1,0 +1,168 @@
+"""Phases: relaxing a circuit's state, with result codes instead of exceptions.
+
+A phase runs `steps` integration steps (or, with `tol`, stops once no state
+moves by more than `tol` in a step), either
+
+* ``euler``: s ← s − dt (∂E/∂s + β ∂C/∂s), the continuous-time gradient flow
+  of Scellier & Bengio 2017; or
+* ``prototypical``: s ← (1 − dt) s + dt ρ(−∂Φ/∂r) with the state read as a
+  rate r, the discrete form of Ernoult et al. 2019 / Laborieux et al. 2021
+  (dt = 1: s ← ρ(...)); or
+* ``forward``: the exact fixed point of a feed-forward predictive circuit, in
+  one pass in topological order (there E = 0).
+
+Everything is traced once: a phase is one `lax.fori_loop` (or
+`lax.while_loop` with `tol`), and the clamped populations' drives are
+computed once per phase. Failures come back as a code (diffrax-style):
+`OK`, `NOT_CONVERGED` (with `tol`), or `NONFINITE + i` for the i-th free
+population; `check()` turns a code into a located `CircuitRuntimeError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+from jax import lax
+
+from ..errors import CircuitRuntimeError, Diagnostic
+from ..graph import PhaseSpec
+from .energy import EnergyFunctions
+
+__all__ = ["OK", "NOT_CONVERGED", "NONFINITE", "Relaxation", "Relaxer"]
+
+OK, NOT_CONVERGED, NONFINITE = 0, 1, 2
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Relaxation:
+    """The end of a phase: the state of every population, steps taken, result code."""
+
+    state: dict[str, Array]
+    steps: Array
+    code: Array
+
+
+jax.tree_util.register_dataclass(Relaxation, data_fields=["state", "steps", "code"], meta_fields=[])
+
+
+class Relaxer:
+    """Runs phases of one energy circuit."""
+
+    def __init__(self, fns: EnergyFunctions, graph: nx.MultiDiGraph) -> None:
+        self.fns = fns
+        self.graph = graph
+        order_graph = nx.DiGraph()
+        order_graph.add_nodes_from(fns.pops)
+        order_graph.add_edges_from((e.pre, e.post) for e in fns.edges if e.kind != "undirected" and e.tied_to is None)
+        try:
+            self.order = tuple(nx.topological_sort(order_graph))
+        except nx.NetworkXUnfeasible:
+            self.order = tuple(fns.pops)
+
+    # ------------------------------------------------------------------ run --
+    def run(self, phase: PhaseSpec, params, x: Mapping[str, Array], s0: Mapping[str, Array],
+            beta: Array | float | None = None, y: Any = None) -> Relaxation:
+        """Relax the free populations `s0` with the clamped `x`; `beta=None`: no nudge."""
+        fns = self.fns
+        if phase.forward:
+            s = self.forward(params, x, s0)
+            return self._finish(s, x, jnp.asarray(0), jnp.asarray(OK))
+        drives = fns.drives(params, x)
+        step = self._step(phase, params, x, drives, beta, y)
+        if phase.tol is None:
+            s = lax.fori_loop(0, phase.steps, lambda i, s: step(s), dict(s0))
+            return self._finish(s, x, jnp.asarray(phase.steps), jnp.asarray(OK))
+        tol = phase.tol
+
+        def cond(c):
+            i, _, delta = c
+            return (i < phase.steps) & (delta >= tol)
+
+        def body(c):
+            i, s, _ = c
+            new = step(s)
+            delta = jnp.max(jnp.stack([jnp.max(jnp.abs(new[n] - s[n])) for n in new]))
+            return i + 1, new, delta.astype(jnp.float32)
+
+        start = (jnp.asarray(0), dict(s0), jnp.asarray(jnp.inf, jnp.float32))
+        i, s, delta = lax.while_loop(cond, body, start)
+        code = jnp.where(delta < tol, OK, NOT_CONVERGED)
+        return self._finish(s, x, i, code)
+
+    def _finish(self, s, x, steps, code) -> Relaxation:
+        for i, n in enumerate(s):
+            code = jnp.where(jnp.all(jnp.isfinite(s[n])), code, NONFINITE + i)
+        return Relaxation({**x, **s}, steps, code)
+
+    def _step(self, phase: PhaseSpec, params, x, drives, beta, y):
+        fns = self.fns
+        dt = phase.dt
+        proto = phase.integrator == "prototypical"
+
+        def total(s):
+            E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto)
+            if beta is not None:
+                E = E + beta * fns.cost(s, y)
+            return E
+
+        def step(s):
+            holo = any(jnp.iscomplexobj(v) for v in s.values())
+            g = jax.grad(total, holomorphic=holo)(s)
+            if proto:
+                target = {n: fns.act[n](-g[n]) for n in s}
+                if dt == 1.0:
+                    return target
+                return {n: s[n] + dt * (target[n] - s[n]) for n in s}
+            return {n: s[n] - dt * g[n] for n in s}
+
+        return step
+
+    def forward(self, params, x, s0):
+        """The one-pass fixed point of a feed-forward predictive circuit."""
+        from .energy import weights_of
+
+        fns = self.fns
+        w = weights_of(fns.edges, params)
+        values = dict(x)
+        for n in self.order:
+            if n in x:
+                continue
+            mu = jnp.zeros_like(s0[n])
+            for e in fns.edges:
+                if e.post == n and e.kind != "undirected":
+                    mu = mu + fns._predict(e, w, fns.act[e.pre](values[e.pre]))
+            if n in fns.biased:
+                mu = mu + params[f"{n}.bias"]
+            values[n] = mu
+        return {n: values[n] for n in s0}
+
+    # --------------------------------------------------------------- errors --
+    def check(self, result: Relaxation, phase: PhaseSpec, free: tuple[str, ...]) -> None:
+        """Raise a located `CircuitRuntimeError` for a failed relaxation (outside jit)."""
+        code = int(result.code)
+        if code == OK:
+            return
+        if code == NOT_CONVERGED:
+            raise CircuitRuntimeError(
+                Diagnostic(
+                    f"phase `{phase.name}` did not converge within {phase.steps} steps (tol {phase.tol:g})",
+                    phase.span,
+                    "raise `steps`, lower `dt`, or loosen `tol`",
+                )
+            )
+        name = free[code - NONFINITE]
+        pop = self.fns.pops[name]
+        raise CircuitRuntimeError(
+            Diagnostic(
+                f"the state of population `{name}` became non-finite (NaN or inf) in phase `{phase.name}`",
+                pop.span,
+                f"the dynamics diverged: lower `dt` (now {phase.dt:g}) or the learning rates, or check the initial weights",
+            )
+        )
