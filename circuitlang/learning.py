@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from . import syntax as S
 from .errors import CircuitError, Diagnostic
 
-__all__ = ["estimate", "check_method", "METHODS", "NON_ANALYTIC"]
+__all__ = ["estimate", "estimate_with_state", "check_method", "METHODS", "NON_ANALYTIC"]
 
 METHODS = ("one_sided", "random_sign", "symmetric", "holomorphic", "chl", "gradient", "bptt")
 NON_ANALYTIC = frozenset({"clip", "hard_sigmoid", "relu", "abs", "sign", "min", "max", "where"})
@@ -122,10 +122,19 @@ def _nudge(model, params, x, s_free, beta, y):
 # ---------------------------------------------------------------- estimators --
 def estimate(model, params, x, y, method, beta=None, key=None, s0=None) -> dict[str, Any]:
     """Dispatch to one estimator; see the module docstring."""
+    return estimate_with_state(model, params, x, y, method, beta, key, s0)[0]
+
+
+def estimate_with_state(model, params, x, y, method, beta=None, key=None, s0=None):
+    """(gradient estimate, free-phase state): training reports loss and accuracy from the latter."""
+    free = model._free(params, x, s0).state
+    return _estimate(model, params, x, y, method, beta, key, s0, free), free
+
+
+def _estimate(model, params, x, y, method, beta, key, s0, free):
     B = _batch(x)
     if method == "bptt":
         return _bptt(model, params, x, y, s0)
-    free = model._free(params, x, s0).state
     if method == "gradient":
         return _implicit(model, params, x, y, free)
     beta = model.nudge_phase.beta if beta is None else beta

@@ -110,7 +110,9 @@ def apply_overrides(program: S.Program, overrides: Mapping[str, Any]) -> S.Progr
             statements[li] = dataclasses.replace(learn, phases=phases)
         elif head == "learn" and len(parts) == 2:
             statements[li] = dataclasses.replace(learn, attrs=_set_attr(learn.attrs, parts[1], value, span))
-        elif head == "optimizer" and len(parts) in (2, 3):
+        elif head == "optimizer" and len(parts) >= 2:
+            if len(parts) > 3:  # optimizer.lr.h.bias
+                parts = [parts[0], parts[1], ".".join(parts[2:])]
             if not learn.optimizers:
                 errors.append(Diagnostic(f"`--set {key}`: the `learn` block has no optimizer", span))
                 continue

@@ -1,0 +1,71 @@
+"""The file's `optimizer` block → an optax transformation (nothing hand-written).
+
+    optimizer sgd  { lr W1=0.1, W2=0.05; momentum 0.9; nesterov; weight_decay 1e-4 }
+    optimizer adam { lr 1e-3; b1 0.9; b2 0.999; eps 1e-8; weight_decay 1e-4 }
+    ...          { schedule cosine warmup=100 }
+
+Each parameter gets its own learning rate (the block's `lr`, overridden per
+weight); fixed weights get `optax.set_to_zero()`. The schedule multiplies
+every rate; its length is the whole run (epochs × batches per epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import optax
+
+from .graph import OptimizerSpec
+
+__all__ = ["make_optimizer", "DEFAULT_LR"]
+
+DEFAULT_LR = 0.01
+
+
+def _schedule(spec: OptimizerSpec | None, lr: float, total_steps: int):
+    settings = spec.settings if spec else {}
+    kind = settings.get("schedule", "constant")
+    warmup = int(settings.get("schedule.warmup", 0))
+    if kind == "cosine":
+        if warmup:
+            return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+        return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    if warmup:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+        )
+    return lr
+
+
+def _one(spec: OptimizerSpec | None, lr: float, total_steps: int) -> optax.GradientTransformation:
+    name = spec.name if spec else "sgd"
+    settings = dict(spec.settings) if spec else {}
+    rate = _schedule(spec, lr, total_steps)
+    decay = settings.get("weight_decay", 0.0)
+    if name == "adam":
+        kw = {k: settings[k] for k in ("b1", "b2", "eps") if k in settings}
+        if decay:
+            return optax.adamw(rate, weight_decay=decay, **kw)
+        return optax.adam(rate, **kw)
+    momentum = settings.get("momentum") or None
+    sgd = optax.sgd(rate, momentum=momentum, nesterov=bool(settings.get("nesterov", False)))
+    if decay:
+        return optax.chain(optax.add_decayed_weights(decay), sgd)
+    return sgd
+
+
+def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
+                   total_steps: int) -> optax.GradientTransformation:
+    """One optax transformation for the whole params dict."""
+    base = spec.lr if (spec and spec.lr is not None) else DEFAULT_LR
+    per = dict(spec.lr_per_param) if spec else {}
+    transforms = {}
+    labels = {}
+    for name, learns in trainable.items():
+        if not learns:
+            labels[name] = "__fixed__"
+            continue
+        labels[name] = name
+        transforms[name] = _one(spec, per.get(name, base), total_steps)
+    transforms["__fixed__"] = optax.set_to_zero()
+    return optax.multi_transform(transforms, labels)

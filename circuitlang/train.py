@@ -1,0 +1,405 @@
+"""Training: `cl.train(model, data, epochs)` and what `circuitc train` writes.
+
+An epoch is one jitted `lax.scan` over shuffled mini-batches of
+device-resident data (the last `N mod batch` examples of each permutation
+are dropped, so shapes are fixed); the test split is evaluated after each
+epoch. With `out=DIR`, each epoch atomically rewrites
+
+* ``params.npz``      the parameters (plain arrays; `np.load(allow_pickle=False)`)
+* ``checkpoint.npz``  params + optimizer state + epoch, for `resume`
+* ``metrics.csv`` / ``metrics.json``  one row per epoch
+* ``curves.png``      the learning curves
+* ``run.json``        file hash, resolved settings, versions, seed
+
+so killing the process at any moment loses at most the current epoch, and
+`resume=True` continues bit-for-bit (the key of epoch e is
+`fold_in(key(seed), e)`, whatever happened before).
+
+`devices=N` shards each batch over a 1-D `jax.sharding.Mesh` (data
+parallel; parameters replicated) — the same program scales to many GPUs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from . import __version__, learning
+from .errors import CircuitError
+from .model import Model
+from .optim import make_optimizer
+
+__all__ = ["TrainResult", "train", "evaluate", "save_params", "load_params"]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Trained parameters and one metrics dict per epoch."""
+
+    params: dict[str, Any]
+    history: list[dict[str, float]]
+    out: Path | None = None
+
+
+# --------------------------------------------------------------------- files --
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def save_params(params: dict[str, Any], path: str | Path) -> None:
+    """Write parameters as a plain `.npz`, atomically."""
+    _atomic_write(Path(path), _npz_bytes({k: np.asarray(v) for k, v in params.items()}))
+
+
+def load_params(path: str | Path, model: Model | None = None) -> dict[str, Any]:
+    """Read parameters written by `save_params` (never unpickles); check them against `model`."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            params = {k: jnp.asarray(f[k]) for k in f.files}
+    except FileNotFoundError:
+        raise CircuitError(f"{path}: no such parameter file") from None
+    except (ValueError, OSError) as exc:
+        raise CircuitError(f"{path}: not a parameter file written by circuitc ({exc})") from None
+    if model is not None:
+        want = model.shapes
+        missing = sorted(set(want) - set(params))
+        wrong = sorted(k for k in want if k in params and tuple(params[k].shape) != tuple(want[k]))
+        if missing or wrong:
+            detail = "; ".join(
+                [f"missing {', '.join(missing)}"] * bool(missing)
+                + [f"{k} is {tuple(params[k].shape)}, the circuit wants {tuple(want[k])}" for k in wrong]
+            )
+            raise CircuitError(f"{path}: these parameters do not fit the circuit: {detail}")
+        params = {k: params[k] for k in want}
+    return params
+
+
+# ------------------------------------------------------------------- compute --
+def _targets(data, y):
+    return data.targets(y).astype(np.float32)
+
+
+def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bool, shard: Callable):
+    nb = n // batch
+
+    def epoch(params, opt_state, key, X, Y, labels):
+        kp, ks = jax.random.split(key)
+        idx = jax.random.permutation(kp, n)[: nb * batch].reshape(nb, batch)
+        keys = jax.random.split(ks, nb)
+
+        def body(carry, inp):
+            params, opt_state = carry
+            i, k = inp
+            x = shard(X[i])
+            y = shard(Y[i])
+            xs = model.as_inputs(x)
+            g, free = learning.estimate_with_state(model, params, xs, y, method, None, k, None)
+            updates, opt_state = opt.update(g, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            fs = {p: free[p] for p in model.free}
+            loss = model.fns.cost(fs, y) / batch
+            out = model.fns.readout(free)
+            correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
+            return (params, opt_state), (loss, correct)
+
+        (params, opt_state), (loss, correct) = lax.scan(body, (params, opt_state), (idx, keys))
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch)
+
+    return jax.jit(epoch, donate_argnums=(0, 1)), nb
+
+
+def _make_eval(model: Model, n: int, chunk: int, classify: bool):
+    chunk = max(1, min(chunk, n))
+    full = n // chunk
+
+    def part(params, X, Y, labels):
+        free = model._free(params, model.as_inputs(X)).state
+        out = model.fns.readout(free)
+        loss = model.fns.cost({p: free[p] for p in model.free}, Y)
+        correct = jnp.sum(jnp.argmax(out, -1) == labels) if classify else jnp.asarray(0)
+        return loss, correct
+
+    def evaluate(params, X, Y, labels):
+        def one(i):
+            sl = lambda a: lax.dynamic_slice_in_dim(a, i * chunk, chunk)  # noqa: E731
+            return part(params, sl(X), sl(Y), sl(labels))
+
+        loss, correct = lax.map(one, jnp.arange(full))
+        loss, correct = jnp.sum(loss), jnp.sum(correct)
+        if n > full * chunk:
+            l2, c2 = part(params, X[full * chunk:], Y[full * chunk:], labels[full * chunk:])
+            loss, correct = loss + l2, correct + c2
+        return loss / n, correct / n
+
+    return jax.jit(evaluate)
+
+
+def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000) -> dict[str, float]:
+    """Loss (mean cost) and accuracy of `params` on a split of `data`."""
+    X = getattr(data, f"x_{split}")
+    y = getattr(data, f"y_{split}")
+    classify = data.n_classes is not None
+    labels = y if classify else np.zeros(len(X), np.int32)
+    fn = _make_eval(model, len(X), chunk, classify)
+    loss, acc = fn(params, jnp.asarray(X), jnp.asarray(_targets(data, y)), jnp.asarray(labels))
+    out = {"loss": float(loss)}
+    if classify:
+        out["accuracy"] = float(acc)
+    return out
+
+
+def _sharding(devices: int):
+    if devices <= 1:
+        return lambda a: a
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    available = jax.devices()
+    if devices > len(available):
+        raise CircuitError(
+            f"--devices {devices}: only {len(available)} device(s) here"
+            + (" (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N)" if available[0].platform == "cpu" else "")
+        )
+    mesh = Mesh(np.array(available[:devices]), ("batch",))
+    spec = NamedSharding(mesh, PartitionSpec("batch"))
+    return lambda a: lax.with_sharding_constraint(a, spec)
+
+
+# -------------------------------------------------------------------- driver --
+def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: str | Path | None = None,
+          resume: bool = False, devices: int = 1, method: str | None = None, progress: bool = True,
+          data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `model` on `data` (a `circuitlang.data.Dataset`).
+
+    Returns the final parameters and the per-epoch metrics. See the module
+    docstring for what is written under `out`.
+    """
+    learn = model.learning
+    if learn is None:
+        raise CircuitError("this circuit has no `learn` block, so it cannot be trained")
+    method = method or model.method
+    learning.check_method(model, method)
+    epochs = epochs if epochs is not None else (learn.epochs or 10)
+    batch = learn.batch
+    n = len(data.x_train)
+    if batch > n:
+        raise CircuitError(f"batch {batch} is larger than the training set ({n} examples)")
+    if batch % max(devices, 1):
+        raise CircuitError(f"batch {batch} does not split evenly over {devices} devices")
+    _check_sizes(model, data)
+    classify = data.n_classes is not None
+    nb = n // batch
+    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb)
+    epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices))
+    eval_fn = _make_eval(model, len(data.x_test), 1000, classify) if len(data.x_test) else None
+
+    X = jnp.asarray(data.x_train)
+    Y = jnp.asarray(_targets(data, data.y_train))
+    L = jnp.asarray(data.y_train if classify else np.zeros(n, np.int32))
+    Xt = jnp.asarray(data.x_test)
+    Yt = jnp.asarray(_targets(data, data.y_test))
+    Lt = jnp.asarray(data.y_test if classify else np.zeros(len(data.x_test), np.int32))
+
+    dtype = X.dtype
+    params = model.init(jax.random.fold_in(jax.random.key(seed), 10**6), dtype)
+    opt_state = opt.init(params)
+    history: list[dict[str, float]] = []
+    start = 0
+    out_dir = Path(out) if out is not None else None
+    manifest = _manifest(model, data, data_spec, seed, method, epochs, devices)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (out_dir / "checkpoint.npz").exists():
+            params, opt_state, history = _restore(out_dir, params, opt_state, manifest)
+            start = len(history)
+        elif resume:
+            raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
+        _atomic_write(out_dir / "run.json", json.dumps(manifest, indent=2).encode())
+
+    bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
+    base = jax.random.key(seed)
+    for e in bar:
+        t0 = time.perf_counter()
+        params, opt_state, loss, acc = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L)
+        loss = float(loss)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
+        if classify:
+            row["train_accuracy"] = float(acc)
+        if eval_fn is not None:
+            t1 = time.perf_counter()
+            tl, ta = eval_fn(params, Xt, Yt, Lt)
+            row["test_loss"] = float(tl)
+            if classify:
+                row["test_accuracy"] = float(ta)
+            row["eval_seconds"] = time.perf_counter() - t1
+        if not np.isfinite(loss):
+            raise CircuitError(
+                f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
+            )
+        history.append(row)
+        if out_dir is not None:
+            _save_epoch(out_dir, params, opt_state, history)
+        if on_epoch is not None:
+            on_epoch(row)
+        _postfix(bar, row)
+    return TrainResult(params, history, out_dir)
+
+
+def _check_sizes(model: Model, data) -> None:
+    (inp,) = model.inputs[:1] or ("",)
+    pops = model.fns.pops
+    if len(model.inputs) == 1 and pops[inp].size != data.input_size:
+        raise CircuitError(
+            f"the data `{data.name}` has {data.input_size} inputs but population `{inp}` has {pops[inp].size}; "
+            f"resize it (`population {inp} [{data.input_size}] input`) or pick other data"
+        )
+    out = model.spec.costs[0].population if model.spec.costs else None
+    if out is not None and pops[out].size != data.output_size:
+        raise CircuitError(
+            f"the data `{data.name}` has {data.output_size} targets but the output `{out}` has {pops[out].size} neurons"
+        )
+
+
+def _progress(it, enabled: bool, initial: int, total: int):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, initial=initial, total=total, unit="epoch", dynamic_ncols=True)
+
+
+def _postfix(bar, row: dict) -> None:
+    if hasattr(bar, "set_postfix"):
+        shown = {"loss": f"{row['train_loss']:.4f}"}
+        if "test_accuracy" in row:
+            shown["test_acc"] = f"{row['test_accuracy']:.4f}"
+        shown["s/epoch"] = f"{row['seconds']:.2f}"
+        bar.set_postfix(shown)
+
+
+# ------------------------------------------------------------- checkpointing --
+def _save_epoch(out: Path, params, opt_state, history) -> None:
+    leaves = jax.tree_util.tree_leaves(opt_state)
+    arrays = {f"params/{k}": np.asarray(v) for k, v in params.items()}
+    arrays.update({f"opt/{i}": np.asarray(v) for i, v in enumerate(leaves)})
+    arrays["epoch"] = np.asarray(len(history))
+    _atomic_write(out / "checkpoint.npz", _npz_bytes(arrays))
+    save_params(params, out / "params.npz")
+    _atomic_write(out / "metrics.json", json.dumps(history, indent=2).encode())
+    buf = io.StringIO()
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    _atomic_write(out / "metrics.csv", buf.getvalue().encode())
+    _plot(out, history)
+
+
+def _restore(out: Path, params, opt_state, manifest):
+    old = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    for key in ("file_sha256", "settings", "seed", "data", "method"):
+        if old.get(key) != manifest.get(key):
+            raise CircuitError(
+                f"--resume: {out} was trained with a different {key.replace('_', ' ')}; "
+                "resume with the same file and settings, or use another --out"
+            )
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as f:
+        params = {k: jnp.asarray(f[f"params/{k}"]) for k in params}
+        leaves, tree = jax.tree_util.tree_flatten(opt_state)
+        opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(f[f"opt/{i}"]) for i in range(len(leaves))])
+        epoch = int(f["epoch"])
+    history = json.loads((out / "metrics.json").read_text())[:epoch]
+    return params, opt_state, history
+
+
+def _plot(out: Path, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    axes[0].plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    if "test_loss" in history[0]:
+        axes[0].plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
+    axes[0].set(xlabel="epoch", ylabel="loss (mean cost)", yscale="log")
+    axes[0].legend()
+    if "train_accuracy" in history[0]:
+        axes[1].plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
+        if "test_accuracy" in history[0]:
+            axes[1].plot(epochs, [r["test_accuracy"] for r in history], "s-", label="test")
+        axes[1].set(xlabel="epoch", ylabel="accuracy")
+        axes[1].legend()
+    else:
+        axes[1].plot(epochs, [r["seconds"] for r in history], "o-")
+        axes[1].set(xlabel="epoch", ylabel="seconds")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _atomic_write(out / "curves.png", buf.getvalue())
+
+
+def _manifest(model: Model, data, data_spec, seed, method, epochs, devices) -> dict:
+    circ = model.circuit
+    learn = model.learning
+    settings = {
+        "overrides": {k: str(v) for k, v in circ.overrides},
+        "phases": [
+            {k: v for k, v in dataclasses.asdict(p).items() if k != "span"} for p in learn.phases
+        ],
+        "batch": learn.batch,
+        "optimizer": None
+        if learn.optimizer is None
+        else {
+            "name": learn.optimizer.name,
+            "lr": learn.optimizer.lr,
+            "lr_per_param": dict(learn.optimizer.lr_per_param),
+            "settings": dict(learn.optimizer.settings),
+        },
+    }
+    return {
+        "circuit": circ.name,
+        "file": circ.source.path,
+        "file_sha256": hashlib.sha256(circ.source.text.encode()).hexdigest(),
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "method": method,
+        "seed": seed,
+        "data": data_spec or data.name,
+        "epochs": epochs,
+        "devices": devices,
+        "versions": {
+            "circuitlang": __version__,
+            "jax": jax.__version__,
+            "optax": optax.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "backend": jax.default_backend(),
+    }
