@@ -44,6 +44,61 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file; its extension picks the format (.svg .png .pdf .dot)")
     r.add_argument("--no-legend", action="store_true", help="leave out the legend")
+
+    def with_settings(sp):
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="change a param or setting: tau=2, phase.free.steps=500, learn.batch=64, optimizer.lr=0.1")
+
+    t = sub.add_parser("train", help="train a circuit on data")
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("--data", default="digits", metavar="SPEC",
+                   help="digits (default), fashion-mnist[:DIR], mnist:DIR, synthetic[:k=v,...], npz:PATH")
+    t.add_argument("--epochs", type=int, metavar="N", help="default: the file's `epochs`, else 10")
+    t.add_argument("--out", metavar="DIR", help="where params, metrics and plots go (default runs/NAME)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--devices", type=int, default=1, metavar="N", help="shard each batch over N devices")
+    t.add_argument("--estimator", metavar="METHOD", help="override the file's estimator")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    with_settings(t)
+
+    ev = sub.add_parser("evaluate", help="evaluate trained parameters")
+    ev.add_argument("file", metavar="FILE")
+    ev.add_argument("--params", required=True, metavar="NPZ")
+    ev.add_argument("--data", default="digits", metavar="SPEC")
+    ev.add_argument("--split", choices=("test", "train"), default="test")
+    with_settings(ev)
+
+    sm = sub.add_parser("simulate", help="run the phases on a few samples and record the states")
+    sm.add_argument("file", metavar="FILE")
+    sm.add_argument("--data", default="digits", metavar="SPEC")
+    sm.add_argument("--samples", type=int, default=4, metavar="K")
+    sm.add_argument("--record", metavar="POPS", help="comma-separated populations (default: the free ones)")
+    sm.add_argument("--params", metavar="NPZ", help="trained parameters (default: a fresh initialisation)")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--out", required=True, metavar="DIR")
+    with_settings(sm)
+
+    vf = sub.add_parser("verify", help="compare the learning rule with the true gradient over a sweep of beta")
+    vf.add_argument("file", metavar="FILE")
+    vf.add_argument("--data", default="digits", metavar="SPEC")
+    vf.add_argument("--samples", type=int, default=16, metavar="K")
+    vf.add_argument("--betas", default=",".join(str(b) for b in (1.0, 0.5, 0.1, 0.05, 0.01, 0.001)))
+    vf.add_argument("--estimator", metavar="METHOD")
+    vf.add_argument("--params", metavar="NPZ")
+    vf.add_argument("--seed", type=int, default=0)
+    vf.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
+    vf.add_argument("--out", metavar="DIR", help="also write verify.csv and verify.png here")
+    with_settings(vf)
+
+    cp = sub.add_parser("compile", help="show the program that runs (jaxpr or XLA HLO)")
+    cp.add_argument("file", metavar="FILE")
+    cp.add_argument("--emit", choices=("jaxpr", "hlo"), default="jaxpr")
+    cp.add_argument("--fn", choices=("estimate", "relax"), default="estimate",
+                    help="the training step's estimate (default) or the free relaxation")
+    cp.add_argument("--batch", type=int, metavar="B", help="default: the file's batch")
+    cp.add_argument("-o", "--output", metavar="OUT")
+    with_settings(cp)
     return p
 
 
@@ -170,4 +225,155 @@ def _render(args) -> int:
     return render(circ, args.output, legend=not args.no_legend)
 
 
-_COMMANDS = {"check": _check, "render": _render}
+def _settings(args) -> dict[str, str]:
+    out = {}
+    for item in args.settings:
+        if "=" not in item:
+            raise _Usage(f"circuitc: error: --set {item}: write KEY=VALUE, e.g. --set phase.free.steps=500")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _model(args):
+    import circuitlang as cl
+
+    return cl.compile(load(args.file), _settings(args))
+
+
+def _data(spec: str, seed: int = 0):
+    from .data import load as load_data
+
+    return load_data(spec, seed=seed)
+
+
+def _train(args) -> int:
+    from .train import train
+
+    model = _model(args)
+    data = _data(args.data, args.seed)
+    out = args.out or f"runs/{model.spec.name}"
+    result = train(
+        model, data, args.epochs, seed=args.seed, out=out, resume=args.resume, devices=args.devices,
+        method=args.estimator, progress=not args.no_progress, data_spec=args.data,
+    )
+    last = result.history[-1] if result.history else {}
+    parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy") if k in last]
+    print(f"trained {model.spec.name} for {len(result.history)} epochs: " + ", ".join(parts))
+    print(f"wrote {out}/params.npz, metrics.csv, metrics.json, curves.png, run.json")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .train import evaluate, load_params
+
+    model = _model(args)
+    params = load_params(args.params, model)
+    data = _data(args.data)
+    result = evaluate(model, params, data, args.split)
+    print(" ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return 0
+
+
+def _samples(model, data, k: int):
+    import jax.numpy as jnp
+
+    k = max(1, min(k, len(data.x_test)))
+    return jnp.asarray(data.x_test[:k]), jnp.asarray(data.targets(data.y_test[:k]).astype("float32"))
+
+
+def _params(model, args, dtype=None):
+    import jax
+
+    from .train import load_params
+
+    if args.params:
+        return load_params(args.params, model)
+    return model.init(jax.random.key(args.seed), dtype)
+
+
+def _simulate(args) -> int:
+    from .simulate import simulate
+
+    model = _model(args)
+    data = _data(args.data, args.seed)
+    x, y = _samples(model, data, args.samples)
+    record = args.record.split(",") if args.record else None
+    results = simulate(model, _params(model, args), x, y, record, args.out)
+    for name, r in results.items():
+        status = "converged" if r["converged"] else "NOT converged"
+        if not r["finite"]:
+            status = "DIVERGED (non-finite states)"
+        print(f"phase {name}: {status} (largest change in the last step {r['delta']:.2e})")
+    print(f"wrote {args.out}/traces.npz and traces.png")
+    return 0
+
+
+def _verify(args) -> int:
+    import jax
+
+    from . import verify as V
+
+    betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    if not args.float32:
+        jax.config.update("jax_enable_x64", True)
+    model = _model(args)
+    import jax.numpy as jnp
+
+    dtype = jnp.float32 if args.float32 else jnp.float64
+    data = _data(args.data, args.seed)
+    x, y = _samples(model, data, args.samples)
+    params = {k: v.astype(dtype) for k, v in _params(model, args, dtype).items()}
+    method = args.estimator or model.method
+    rows = V.verify(model, params, x.astype(dtype), y.astype(dtype), method, betas)
+    print(V.format_table(rows, method))
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        import csv
+
+        with open(out / "verify.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        V.plot(rows, out / "verify.png", method)
+        print(f"wrote {out}/verify.csv and verify.png")
+    return 0
+
+
+def _compile(args) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    model = _model(args)
+    batch = args.batch or (model.learning.batch if model.learning else 1)
+    params = model.init(jax.random.key(0))
+    x = {n: jnp.zeros((batch, model.fns.pops[n].size)) for n in model.inputs}
+    out_pop = model.spec.costs[0].population if model.spec.costs else None
+    y = jnp.zeros((batch, model.fns.pops[out_pop].size)) if out_pop else None
+    if args.fn == "relax":
+        fn, fargs = (lambda p, x: model._relax(p, x)), (params, x)
+    else:
+        if y is None:
+            raise _Usage("circuitc: error: --fn estimate needs a cost; use --fn relax")
+        fn, fargs = (lambda p, x, y, k: model._estimate(p, x, y, None, None, k)), (params, x, y, jax.random.key(0))
+    if args.emit == "jaxpr":
+        text = str(jax.make_jaxpr(fn)(*fargs))
+    else:
+        text = jax.jit(fn).lower(*fargs).as_text()
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+_COMMANDS = {
+    "check": _check, "render": _render, "train": _train, "evaluate": _evaluate,
+    "simulate": _simulate, "verify": _verify, "compile": _compile,
+}

@@ -96,6 +96,33 @@ class Relaxer:
         code = jnp.where(delta < tol, OK, NOT_CONVERGED)
         return self._finish(s, x, i, code)
 
+    def trajectory(self, phase: PhaseSpec, params, x, s0, beta=None, y=None):
+        """Every step of a phase: ({population: (steps + 1, batch, size)}, energy (steps + 1, batch))."""
+        fns = self.fns
+        per_example = jax.vmap(
+            lambda s1, x1: fns.energy({k: v[None] for k, v in s1.items()}, params, {k: v[None] for k, v in x1.items()}),
+        )
+        if phase.forward:
+            end = self.forward(params, x, s0)
+            states = [dict(s0), end]
+            return (
+                {n: jnp.stack([st[n] for st in states]) for n in s0},
+                jnp.stack([per_example(st, x) for st in states]),
+            )
+        drives = fns.drives(params, x)
+        step = self._step(phase, params, x, drives, beta, y)
+
+        def body(s, _):
+            new = step(s)
+            return new, (new, per_example(new, x))
+
+        _, (traj, energy) = lax.scan(body, dict(s0), None, length=phase.steps)
+        first = {n: s0[n][None] for n in s0}
+        return (
+            {n: jnp.concatenate([first[n], traj[n]]) for n in s0},
+            jnp.concatenate([per_example(s0, x)[None], energy]),
+        )
+
     def _finish(self, s, x, steps, code) -> Relaxation:
         for i, n in enumerate(s):
             code = jnp.where(jnp.all(jnp.isfinite(s[n])), code, NONFINITE + i)

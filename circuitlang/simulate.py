@@ -1,0 +1,98 @@
+"""`circuitc simulate`: run the phases on a few samples and keep every step.
+
+Writes ``traces.npz`` (``PHASE/POP``: steps × samples × neurons, and
+``PHASE/energy``: steps × samples) and ``traces.png`` (the recorded states
+and the energy over time, one column per phase), and reports per phase
+whether the state converged (largest change in the last step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import CircuitError
+from .model import Model
+from .train import _atomic_write, _npz_bytes
+
+__all__ = ["simulate", "CONVERGED"]
+
+CONVERGED = 1e-4  # max |Δs| in the last step, when the phase has no `tol`
+
+
+def simulate(model: Model, params, x, y=None, record: list[str] | None = None, out: str | Path | None = None):
+    """Run every phase in order (nudged phases start from the free phase's end).
+
+    Returns {phase: {"states": {...}, "energy": array, "delta": float, "converged": bool}}.
+    """
+    record = record or list(model.free)
+    for name in record:
+        if name not in model.fns.pops:
+            raise CircuitError(f"--record: the circuit has no population `{name}` (it has {', '.join(model.fns.pops)})")
+    xs = model.as_inputs(x)
+    free_end = None
+    results: dict[str, Any] = {}
+    for phase in model.phases.values():
+        start = model.zeros(xs) if free_end is None else free_end
+        beta = phase.beta if phase.beta else None
+        if beta is not None and y is None:
+            raise CircuitError(f"phase `{phase.name}` nudges the output: give data with targets (--data)")
+        fn = jax.jit(lambda p, x, s0, b, y, ph=phase: model.relaxer.trajectory(ph, p, x, s0, b, y))
+        states, energy = fn(params, xs, start, beta, y)
+        last = {n: states[n][-1] for n in model.free}
+        if free_end is None:
+            free_end = last
+        delta = max(float(jnp.max(jnp.abs(states[n][-1] - states[n][-2]))) for n in model.free) if len(energy) > 1 else 0.0
+        tol = phase.tol or CONVERGED
+        results[phase.name] = {
+            "states": {n: np.asarray(states[n]) if n in model.free else np.asarray(xs[n]) for n in record},
+            "energy": np.asarray(energy),
+            "delta": delta,
+            "converged": bool(phase.forward or delta < tol),
+            "finite": bool(all(np.isfinite(np.asarray(states[n])).all() for n in model.free)),
+        }
+    if out is not None:
+        _write(results, Path(out))
+    return results
+
+
+def _write(results, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for phase, r in results.items():
+        arrays[f"{phase}/energy"] = r["energy"]
+        for n, v in r["states"].items():
+            arrays[f"{phase}/{n}"] = v
+    _atomic_write(out / "traces.npz", _npz_bytes(arrays))
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    phases = list(results)
+    pops = list(next(iter(results.values()))["states"])
+    fig, axes = plt.subplots(len(pops) + 1, len(phases), figsize=(4 * len(phases), 2.2 * (len(pops) + 1)),
+                             squeeze=False, constrained_layout=True)
+    for j, phase in enumerate(phases):
+        r = results[phase]
+        for i, n in enumerate(pops):
+            ax = axes[i][j]
+            v = r["states"][n]
+            if v.ndim == 3:  # steps × samples × neurons: sample 0, first 12 neurons
+                ax.plot(v[:, 0, :12], lw=1)
+            ax.set_title(f"{phase}: {n} (sample 0)", fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+        ax = axes[-1][j]
+        ax.plot(r["energy"], lw=1)
+        ax.set_title(f"{phase}: energy per sample", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    _atomic_write(out / "traces.png", buf.getvalue())
