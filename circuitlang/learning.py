@@ -89,16 +89,26 @@ def _dE_dtheta(model, params, state, x):
 
 
 def _contrast(model, params, a, b, x, xa=None, xb=None):
-    """∂E/∂θ(a) − ∂E/∂θ(b) in one gradient call."""
+    """∂E/∂θ(a) − ∂E/∂θ(b) in one gradient call.
+
+    With the same clamped inputs in both states, the clamped populations'
+    drives (W ρ(x), ...) are computed once inside the differentiated function:
+    autodiff then sums the two phases' cotangents before the backward product,
+    so the input weight's update costs one matmul, as in hand-written EqProp.
+    """
     proto = _proto(model)
+    fns = model.fns
+    same = xa is None and xb is None
     xa = x if xa is None else xa
     xb = x if xb is None else xb
     fa = {n: a[n] for n in a if n not in xa}
     fb = {n: b[n] for n in b if n not in xb}
 
     def diff(p):
-        ea = model.fns.energy(fa, p, xa, None, leak=not proto, rates_are_states=proto)
-        eb = model.fns.energy(fb, p, xb, None, leak=not proto, rates_are_states=proto)
+        da = fns.drives(p, xa) if same else None
+        db = da if same else None
+        ea = fns.energy(fa, p, xa, da, leak=not proto, rates_are_states=proto)
+        eb = fns.energy(fb, p, xb, db, leak=not proto, rates_are_states=proto)
         return ea - eb
 
     return jax.grad(diff)(params)
