@@ -1,0 +1,173 @@
+"""Checks of how the states evolve and what is learned against: energy, dynamics, costs.
+
+* `energy PRESET` / `energy { PRESET; term [for X, Y] EXPR }`: known presets,
+  once each; terms over params, weights and population values, with `W`,
+  `pre.`, `post.` (for weights) or `self.` (for populations) in `term for`.
+* `dynamics NAME`: a known vector field, never together with an energy.
+* Every connection means something under the chosen energy or dynamics.
+* `cost POP KIND`: a known cost, one per population, on an output.
+"""
+
+from __future__ import annotations
+
+from .. import primitives as P
+from .. import syntax as S
+from ..errors import did_you_mean
+from ..expr import Scope, check_expr
+from ..graph import CostSpec, DynamicsSpec, EnergySpec, EnergyTermSpec
+from .base import BuilderBase
+
+DERIVED_MEMBERS = ("error", "target")  # `h.error` = s - mu (predictive); `y.target`
+
+
+class DynamicsMixin(BuilderBase):
+    """`energy`, `dynamics` and `cost` statements, and what connections mean under them."""
+
+    # -------------------------------------------------------------- energy --
+    def energy(self, decls: list[S.Energy]) -> EnergySpec | None:
+        if not decls:
+            return None
+        for extra in decls[1:]:
+            self.error(
+                "the energy is declared twice",
+                extra.span,
+                "combine presets and terms in one block: `energy { hopfield; term ... }`",
+            )
+        d = decls[0]
+        presets = []
+        for use in d.uses:
+            if use.name.name not in P.ENERGIES:
+                self.unknown_dynamics = True
+                self._unknown_name("energy", use.name, P.ENERGIES, "energies", ", or a block of `term ...`")
+            elif use.name.name in presets:
+                self.error(f"energy `{use.name.name}` is named twice", use.name.span)
+            else:
+                presets.append(use.name.name)
+            self._no_options(use.options, "an energy")
+        terms = []
+        weights = self.weight_edges()
+        for t in d.terms:
+            over = ""
+            names = self.param_names()
+            names.update({w: "weight" for w in weights})
+            members = self._members
+            objects: tuple[str, ...] = ()
+            if t.targets:
+                kinds = {x.name: ("weight" if x.name in weights else "population" if x.name in self.pops else "") for x in t.targets}
+                for x in t.targets:
+                    if not kinds[x.name]:
+                        pool = list(weights) + list(self.pops)
+                        self.error(
+                            f"`term for` names weights or populations; `{x.name}` is neither{did_you_mean(x.name, pool)}",
+                            x.span,
+                        )
+                found = {k for k in kinds.values() if k}
+                if len(found) > 1:
+                    self.error("`term for` names either weights or populations, not both", t.span)
+                over = (found.pop() + "s") if len(found) == 1 else ""
+                if over == "weights":
+                    names["W"] = "weight"
+                    objects = ("pre", "post")
+                elif over == "populations":
+                    objects = ("self",)
+                if objects:  # `pre.s`, `post.error`, `self.target` of whatever the term is for
+                    members = lambda obj, own=objects: ("s", *DERIVED_MEMBERS) if obj in own else self._members(obj)  # noqa: E731
+            scope = Scope(
+                "an energy term", names, self.fn_arities(), members, matrices=True,
+                hint="an energy term may use params, weights and population values like `h.s`",
+                objects=(*objects, *self.pops),
+            )
+            check_expr(t.expr, scope, self.errors)
+            terms.append(EnergyTermSpec(tuple(x.name for x in t.targets), over, t.expr, t.span))
+        if not presets and not terms and not self.unknown_dynamics:
+            self.error("the energy block is empty", d.span, "name a preset (`hopfield`, `predictive`) or add `term ...`")
+        return EnergySpec(tuple(presets), tuple(terms), d.span)
+
+    def dynamics(self, decls: list[S.Dynamics], energy: EnergySpec | None) -> DynamicsSpec | None:
+        if not decls:
+            return None
+        for extra in decls[1:]:
+            self.error("`dynamics` is declared twice", extra.span)
+        d = decls[0]
+        if d.name.name not in P.DYNAMICS:
+            self.unknown_dynamics = True
+            self._unknown_name("dynamics", d.name, P.DYNAMICS, "dynamics", ", or cell types with their own equations")
+            return None
+        if energy is not None:
+            self.error(
+                "a circuit has either an energy (gradient dynamics) or `dynamics`, not both",
+                d.span,
+                f"remove `dynamics {d.name.name}` or the energy at line {energy.span.line}",
+            )
+        self._no_options(d.options, "dynamics")
+        return DynamicsSpec(d.name.name, d.span)
+
+    def coupling_meaning(self, energy: EnergySpec | None, dyn: DynamicsSpec | None) -> None:
+        """Each connection must mean something under the chosen dynamics."""
+        if self.unknown_dynamics:
+            return  # which connections fit is unknown until the name is fixed
+        presets = set(energy.presets) if energy else set()
+        custom = bool(energy and energy.terms)
+        typed = any(p.cell_type for p in self.pops.values())
+        for e in self.edges:
+            if e.kind == "undirected":
+                if energy is None:
+                    self.error(
+                        f"the undirected coupling `{e.weight}` needs an energy: `--` only has a meaning inside one",
+                        e.span,
+                        "add `energy hopfield`, or use `->` for a directed connection",
+                    )
+                elif not custom and "hopfield" not in presets:
+                    self.error(
+                        f"the `{', '.join(presets)}` energy has no term for undirected couplings like `{e.weight}`",
+                        e.span,
+                        "use `->` (a prediction) with `energy predictive`, or `energy hopfield`",
+                    )
+            elif e.kind in ("directed", "one_to_one") and energy is not None and not custom and "predictive" not in presets:
+                self.error(
+                    f"the directed connection `{e.weight or e.pre + ' => ' + e.post}` has no term in the `{', '.join(presets)}` energy",
+                    e.span,
+                    "energies are symmetric: use `--`, or `dynamics leaky` for directed circuits",
+                )
+        if self.edges and energy is None and dyn is None and not typed:
+            first = min(self.edges, key=lambda e: (e.span.line, e.span.col))
+            self.error(
+                "the circuit has connections but nothing says how its states evolve",
+                first.span,
+                "add `energy hopfield`, `energy predictive` or `dynamics leaky`, or give populations a cell type",
+            )
+
+    # ---------------------------------------------------------------- cost --
+    def cost(self, s: S.Cost) -> CostSpec | None:
+        ok = True
+        if s.population.name not in self.pops:
+            self._unknown_population(s.population)
+            ok = False
+        if s.kind.name not in P.COSTS:
+            self._unknown_name("cost", s.kind, P.COSTS, "costs")
+            ok = False
+        self._no_options(s.options, "a cost", f"write `cost {s.population.name} {s.kind.name}`")
+        name = s.population.name
+        if name in self.cost_spans:
+            self.error(
+                f"`{name}` already has a cost (line {self.cost_spans[name].line})",
+                s.population.span,
+                "a population has one cost; keep one of the two lines",
+            )
+            return None
+        if ok:
+            self.cost_spans[name] = s.span
+        pop = self.pops.get(name)
+        if ok and pop.role == "input":
+            self.error(
+                f"the cost is on `{name}`, an input population: it is clamped to the data, so the cost cannot nudge it",
+                s.population.span,
+                "put the cost on the output population, the one the targets are compared with",
+            )
+        elif ok and pop.role != "output":
+            self.error(
+                f"the cost is on `{name}`, which is not an output population",
+                s.population.span,
+                f"mark it: `population {name} [{pop.size}] output`",
+            )
+        return CostSpec(name, s.kind.name, s.span) if ok else None

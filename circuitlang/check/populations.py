@@ -1,0 +1,131 @@
+"""Checks of populations and biases.
+
+* `population NAME [SIZE] OPTIONS` / `population NAME : CELLTYPE [SIZE]`: a
+  positive whole size within `MAX_POPULATION`, at most one role, an activation
+  that is a function of one argument, and a declared cell type whose
+  compartments and states the population takes.
+* `bias h, y`: a learned bias per population, once each, never on an input.
+"""
+
+from __future__ import annotations
+
+from .. import primitives as P
+from .. import syntax as S
+from ..errors import did_you_mean
+from ..graph import PopulationNode
+from .base import BuilderBase, fmt_bytes, fmt_num
+
+MAX_POPULATION = 10**8
+
+
+class PopulationsMixin(BuilderBase):
+    """`population` and `bias` statements."""
+
+    # --------------------------------------------------------- populations --
+    def population(self, s: S.Population) -> None:
+        ok = self.declare(s.name, "population")
+        size = self.const(s.size, f"the size of `{s.name.name}`")
+        if size is not None:
+            if size != int(size) or size < 1:
+                self.error(
+                    f"the size of `{s.name.name}` must be a positive whole number, not {fmt_num(size)}",
+                    s.size.span,
+                )
+                size = 1
+            elif size > MAX_POPULATION:
+                self.error(
+                    f"`{s.name.name}` has {fmt_num(size)} neurons; the limit is {MAX_POPULATION:,}",
+                    s.size.span,
+                    f"its state alone would take {fmt_bytes(size * 4)} per example; check the size",
+                )
+                size = 1
+        size = int(size) if size is not None else 1
+        roles = []
+        activation = "rho" if "rho" in self.functions else "identity"
+        tau = 1.0
+        for opt in self._own_options(s.options):
+            spec = self._option(opt, P.POPULATION_OPTIONS, "a population")
+            if spec is None:
+                continue
+            if opt.key in P.ROLES:
+                roles.append(opt)
+            elif opt.key == "rho":
+                activation = self._function_name(opt) or activation
+            elif opt.key == "tau" and opt.value is not None:
+                tau = self._checked_number(opt.value, spec, f"`tau` of `{s.name.name}`") or tau
+        if len(roles) > 1:
+            self.error(
+                f"`{s.name.name}` has two roles: `{roles[0].key}` and `{roles[1].key}`",
+                roles[1].span,
+                "a population is one of input, hidden (the default) or output",
+            )
+        role = roles[0].key if roles else "hidden"
+        comps: tuple[str, ...] = (P.DEFAULT_COMPARTMENT,)
+        state: tuple[str, ...] = ("s",)
+        ctype = None
+        if s.cell_type is not None:
+            ctype = s.cell_type.name
+            nt = self.neurons.get(ctype)
+            if nt is None:
+                kinds = self.kind_of(ctype)
+                msg = (
+                    f"`{ctype}` is a {kinds}, not a cell type"
+                    if kinds
+                    else f"unknown cell type `{ctype}`{did_you_mean(ctype, self.neurons)}"
+                )
+                self.error(msg, s.cell_type.span, "declare it with `neuron NAME { ... }`")
+                ctype = None
+            else:
+                comps = nt.compartments or (P.DEFAULT_COMPARTMENT,)
+                state = tuple(o.state for o in nt.odes) or ("s",)
+        if ok:
+            self.pops[s.name.name] = PopulationNode(
+                s.name.name, size, role, ctype, comps, state, activation, tau, False, s.span
+            )
+
+    def _function_name(self, opt: S.Option) -> str | None:
+        v = opt.value
+        if not isinstance(v, S.Var):
+            self.error(f"`{opt.key}=` takes the name of a function", v.span, "e.g. `rho=tanh`")
+            return None
+        if v.name in self.functions:
+            if len(self.functions[v.name].params) != 1:
+                self.error(f"`{v.name}` takes {len(self.functions[v.name].params)} arguments; an activation takes 1", v.span)
+                return None
+            return v.name
+        fn = P.FUNCTIONS.get(v.name)
+        if fn is not None and (fn.arity != (1,) or not fn.elementwise):
+            why = f"takes {' or '.join(map(str, fn.arity))} arguments" if fn.elementwise else "is not element-wise"
+            self.error(
+                f"`{v.name}` {why}, so it cannot be an activation",
+                v.span,
+                f"wrap it in a function of one argument, e.g. `fn rho(x) = {v.name}(x, 0, 1)` and `rho=rho`"
+                if v.name == "clip" else "an activation is a function of one argument, like `tanh` or your own `fn`",
+            )
+            return None
+        if fn is None:
+            pool = [f for f in P.FUNCTIONS if P.FUNCTIONS[f].arity == (1,) and P.FUNCTIONS[f].elementwise]
+            self.error(
+                f"unknown activation `{v.name}`{did_you_mean(v.name, pool + list(self.functions))}",
+                v.span,
+                "use a function of one argument: a built-in (" + ", ".join(pool[:6]) + ", ...) or your own `fn`",
+            )
+            return None
+        return v.name
+
+    # ---------------------------------------------------------------- bias --
+    def bias(self, s: S.Bias) -> None:
+        self._no_options(s.options, "`bias`", "write `bias h, y`")
+        for p in s.populations:
+            if p.name not in self.pops:
+                self._unknown_population(p)
+            elif p.name in self.biased:
+                self.error(f"`{p.name}` already has a bias (line {self.biased[p.name].line})", p.span)
+            elif self.pops[p.name].role == "input":
+                self.error(
+                    f"`{p.name}` is an input population: it is clamped to the data, so a bias has no effect",
+                    p.span,
+                    f"remove `{p.name}` from the `bias` list",
+                )
+            else:
+                self.biased[p.name] = p.span
