@@ -72,6 +72,8 @@ class PopulationNode:
     tau: float
     bias: bool
     span: Span
+    lo: float | None = None  # state bounds: projected dynamics (`min=`, `max=`)
+    hi: float | None = None
 
 
 @_frozen
@@ -210,6 +212,7 @@ class LearningSpec:
     optimizer: OptimizerSpec | None
     rules: tuple[RuleSpec, ...]
     span: Span
+    persistent: bool = False
 
 
 @_frozen

@@ -205,12 +205,18 @@ def _bptt(model, params, x, y, s0):
 
 
 def _residual(model, params, x, u):
-    """G(u, θ) = 0 at the free fixed point (∂E/∂s, or s − ρ(−∂Φ/∂r) in the prototypical form)."""
+    """G(u, θ) = 0 at the free fixed point: ∂E/∂s; u − P(u − ∂E/∂s) with state bounds
+    (P the projection); u − P(ρ(−∂Φ/∂r)) in the prototypical form."""
     fns = model.fns
     if _proto(model):
         g = jax.grad(lambda s: fns.energy(s, params, x, None, leak=False, rates_are_states=True))(u)
-        return {n: u[n] - fns.act[n](-g[n]) for n in u}
-    return jax.grad(lambda s: fns.energy(s, params, x, None))(u)
+        target = fns.project({n: fns.act[n](-g[n]) for n in u})
+        return {n: u[n] - target[n] for n in u}
+    g = jax.grad(lambda s: fns.energy(s, params, x, None))(u)
+    if fns.bounded:  # projected: units held at a bound do not move with θ
+        target = fns.project({n: u[n] - g[n] for n in u})
+        return {n: u[n] - target[n] for n in u}
+    return g
 
 
 def _implicit(model, params, x, y, free):

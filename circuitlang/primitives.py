@@ -145,6 +145,8 @@ LEARN_SETTINGS = _settings(
     Setting("batch", "int", "examples per update", minimum=1),
     Setting("prospective", "flag", "rates look ahead: rho(s + tau ds/dt) (latent equilibrium)"),
     Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1),
+    Setting("persistent", "flag", "persistent particles: each example's free phase starts where its last one "
+            "ended (Scellier & Bengio 2017)"),
 )
 
 OPTIMIZERS = _frozen(
@@ -257,6 +259,9 @@ POPULATION_OPTIONS = _settings(
     Setting("output", "flag", "where the cost nudges"),
     Setting("rho", "fn", "the population's activation (default: `rho` if defined, else identity)"),
     Setting("tau", "number", "time constant of the population's default dynamics", minimum=0, exclusive=True),
+    Setting("min", "number", "lower bound of the state: the dynamics are projected onto [min, max], "
+            "as Scellier & Bengio 2017 keep s in [0, 1]"),
+    Setting("max", "number", "upper bound of the state (see `min`)"),
 )
 
 CONNECTION_OPTIONS = _settings(

@@ -114,6 +114,7 @@ class LearningMixin(BuilderBase):
             optimizer=optimizer,
             rules=rules,
             span=s.span,
+            persistent=bool(settings.get("persistent", False)),
         )
 
     def _attrs(self, attrs: Sequence[S.Attr], table: Mapping[str, P.Setting], what: str) -> dict[str, object]:

@@ -43,6 +43,7 @@ class PopulationsMixin(BuilderBase):
         roles = []
         activation = "rho" if "rho" in self.functions else "identity"
         tau = 1.0
+        bounds: dict[str, float] = {}
         for opt in self._own_options(s.options):
             spec = self._option(opt, P.POPULATION_OPTIONS, "a population")
             if spec is None:
@@ -53,6 +54,16 @@ class PopulationsMixin(BuilderBase):
                 activation = self._function_name(opt) or activation
             elif opt.key == "tau" and opt.value is not None:
                 tau = self._checked_number(opt.value, spec, f"`tau` of `{s.name.name}`") or tau
+            elif opt.key in ("min", "max") and opt.value is not None:
+                value = self._checked_number(opt.value, spec, f"`{opt.key}` of `{s.name.name}`")
+                if value is not None:
+                    bounds[opt.key] = value
+                    if "min" in bounds and "max" in bounds and bounds["min"] >= bounds["max"]:
+                        self.error(
+                            f"the state bounds of `{s.name.name}` are empty: min {fmt_num(bounds['min'])} "
+                            f"is not below max {fmt_num(bounds['max'])}",
+                            opt.span,
+                        )
         if len(roles) > 1:
             self.error(
                 f"`{s.name.name}` has two roles: `{roles[0].key}` and `{roles[1].key}`",
@@ -80,7 +91,8 @@ class PopulationsMixin(BuilderBase):
                 state = tuple(o.state for o in nt.odes) or ("s",)
         if ok:
             self.pops[s.name.name] = PopulationNode(
-                s.name.name, size, role, ctype, comps, state, activation, tau, False, s.span
+                s.name.name, size, role, ctype, comps, state, activation, tau, False, s.span,
+                bounds.get("min"), bounds.get("max"),
             )
 
     def _function_name(self, opt: S.Option) -> str | None:

@@ -68,6 +68,19 @@ class EnergyFunctions:
         self.costs = spec.costs
 
     # -------------------------------------------------------------- pieces --
+    def project(self, s: State) -> dict[str, Array]:
+        """Clip states with `min=`/`max=` bounds (projected dynamics); others unchanged."""
+        out = dict(s)
+        for n, v in s.items():
+            pop = self.pops[n]
+            if (pop.lo is not None or pop.hi is not None) and not jnp.iscomplexobj(v):
+                out[n] = jnp.clip(v, pop.lo, pop.hi)
+        return out
+
+    @property
+    def bounded(self) -> bool:
+        return any(p.lo is not None or p.hi is not None for p in self.pops.values())
+
     def rates(self, s: State, rates_are_states: bool = False, free=()) -> dict[str, Array]:
         """ρ(s) per population; in the prototypical form free states are rates."""
         if rates_are_states:

@@ -144,10 +144,10 @@ class Relaxer:
             g = jax.grad(total, holomorphic=holo)(s)
             if proto:
                 target = {n: fns.act[n](-g[n]) for n in s}
-                if dt == 1.0:
-                    return target
-                return {n: s[n] + dt * (target[n] - s[n]) for n in s}
-            return {n: s[n] - dt * g[n] for n in s}
+                if dt != 1.0:
+                    target = {n: s[n] + dt * (target[n] - s[n]) for n in s}
+                return fns.project(target)
+            return fns.project({n: s[n] - dt * g[n] for n in s})
 
         return step
 
