@@ -106,58 +106,78 @@ def _targets(data, y):
 
 
 def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bool, shard: Callable):
+    """The jitted epoch: (params, opt_state, key, X, Y, labels, P) -> (..., loss, accuracy, P).
+
+    `P` holds each training example's last free state (persistent particles)
+    or is empty.
+    """
     nb = n // batch
 
-    def epoch(params, opt_state, key, X, Y, labels):
+    def epoch(params, opt_state, key, X, Y, labels, P):
         kp, ks = jax.random.split(key)
         idx = jax.random.permutation(kp, n)[: nb * batch].reshape(nb, batch)
         keys = jax.random.split(ks, nb)
 
         def body(carry, inp):
-            params, opt_state = carry
+            params, opt_state, P = carry
             i, k = inp
             x = shard(X[i])
             y = shard(Y[i])
             xs = model.as_inputs(x)
-            g, free = learning.estimate_with_state(model, params, xs, y, method, None, k, None)
+            s0 = {p: shard(v[i]) for p, v in P.items()} if P else None
+            g, free = learning.estimate_with_state(model, params, xs, y, method, None, k, s0)
             updates, opt_state = opt.update(g, opt_state, params)
             params = optax.apply_updates(params, updates)
             fs = {p: free[p] for p in model.free}
+            if P:
+                P = {p: v.at[i].set(fs[p]) for p, v in P.items()}
             loss = model.fns.cost(fs, y) / batch
             out = model.fns.readout(free)
             correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
-            return (params, opt_state), (loss, correct)
+            return (params, opt_state, P), (loss, correct)
 
-        (params, opt_state), (loss, correct) = lax.scan(body, (params, opt_state), (idx, keys))
-        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch)
+        (params, opt_state, P), (loss, correct) = lax.scan(body, (params, opt_state, P), (idx, keys))
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P
 
-    return jax.jit(epoch, donate_argnums=(0, 1)), nb
+    return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
 
 def _make_eval(model: Model, n: int, chunk: int, classify: bool):
+    """The jitted evaluation: (params, X, Y, labels, P) -> (loss, accuracy, P), in chunks."""
     chunk = max(1, min(chunk, n))
     full = n // chunk
 
-    def part(params, X, Y, labels):
-        free = model._free(params, model.as_inputs(X)).state
+    def part(params, X, Y, labels, P):
+        free = model._free(params, model.as_inputs(X), P or None).state
         out = model.fns.readout(free)
-        loss = model.fns.cost({p: free[p] for p in model.free}, Y)
+        fs = {p: free[p] for p in model.free}
+        loss = model.fns.cost(fs, Y)
         correct = jnp.sum(jnp.argmax(out, -1) == labels) if classify else jnp.asarray(0)
-        return loss, correct
+        return loss, correct, ({p: fs[p] for p in P} if P else {})
 
-    def evaluate(params, X, Y, labels):
+    def evaluate(params, X, Y, labels, P):
         def one(i):
             sl = lambda a: lax.dynamic_slice_in_dim(a, i * chunk, chunk)  # noqa: E731
-            return part(params, sl(X), sl(Y), sl(labels))
+            return part(params, sl(X), sl(Y), sl(labels), {p: sl(v) for p, v in P.items()})
 
-        loss, correct = lax.map(one, jnp.arange(full))
+        loss, correct, newP = lax.map(one, jnp.arange(full))
+        newP = {p: v.reshape(full * chunk, -1) for p, v in newP.items()}
         loss, correct = jnp.sum(loss), jnp.sum(correct)
         if n > full * chunk:
-            l2, c2 = part(params, X[full * chunk:], Y[full * chunk:], labels[full * chunk:])
+            rest = slice(full * chunk, None)
+            l2, c2, P2 = part(params, X[rest], Y[rest], labels[rest], {p: v[rest] for p, v in P.items()})
             loss, correct = loss + l2, correct + c2
-        return loss / n, correct / n
+            newP = {p: jnp.concatenate([newP[p], P2[p]]) for p in newP}
+        return loss / n, correct / n, newP
 
     return jax.jit(evaluate)
+
+
+def _particles(model: Model, n: int, dtype) -> dict[str, Any]:
+    """Zero initial states for persistent particles (empty when the file does not ask for them)."""
+    if not (model.learning and model.learning.persistent):
+        return {}
+    return {p: jnp.zeros((n, model.fns.pops[p].size), dtype) for p in model.free}
 
 
 def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000) -> dict[str, float]:
@@ -167,7 +187,7 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     classify = data.n_classes is not None
     labels = y if classify else np.zeros(len(X), np.int32)
     fn = _make_eval(model, len(X), chunk, classify)
-    loss, acc = fn(params, jnp.asarray(X), jnp.asarray(_targets(data, y)), jnp.asarray(labels))
+    loss, acc, _ = fn(params, jnp.asarray(X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
     out = {"loss": float(loss)}
     if classify:
         out["accuracy"] = float(acc)
@@ -228,6 +248,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     dtype = X.dtype
     params = model.init(jax.random.fold_in(jax.random.key(seed), 10**6), dtype)
     opt_state = opt.init(params)
+    P = _particles(model, n, dtype)
+    Pt = _particles(model, len(data.x_test), dtype)
     history: list[dict[str, float]] = []
     start = 0
     out_dir = Path(out) if out is not None else None
@@ -235,7 +257,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume and (out_dir / "checkpoint.npz").exists():
-            params, opt_state, history = _restore(out_dir, params, opt_state, manifest)
+            params, opt_state, P, Pt, history = _restore(out_dir, params, opt_state, P, Pt, manifest)
             start = len(history)
         elif resume:
             raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
@@ -245,7 +267,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     base = jax.random.key(seed)
     for e in bar:
         t0 = time.perf_counter()
-        params, opt_state, loss, acc = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L)
+        params, opt_state, loss, acc, P = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
         loss = float(loss)
         seconds = time.perf_counter() - t0
         row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
@@ -253,7 +275,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             row["train_accuracy"] = float(acc)
         if eval_fn is not None:
             t1 = time.perf_counter()
-            tl, ta = eval_fn(params, Xt, Yt, Lt)
+            tl, ta, Pt = eval_fn(params, Xt, Yt, Lt, Pt)
             row["test_loss"] = float(tl)
             if classify:
                 row["test_accuracy"] = float(ta)
@@ -264,7 +286,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             )
         history.append(row)
         if out_dir is not None:
-            _save_epoch(out_dir, params, opt_state, history)
+            _save_epoch(out_dir, params, opt_state, P, Pt, history)
         if on_epoch is not None:
             on_epoch(row)
         _postfix(bar, row)
@@ -304,9 +326,11 @@ def _postfix(bar, row: dict) -> None:
 
 
 # ------------------------------------------------------------- checkpointing --
-def _save_epoch(out: Path, params, opt_state, history) -> None:
+def _save_epoch(out: Path, params, opt_state, P, Pt, history) -> None:
     leaves = jax.tree_util.tree_leaves(opt_state)
     arrays = {f"params/{k}": np.asarray(v) for k, v in params.items()}
+    arrays.update({f"particles/train/{k}": np.asarray(v) for k, v in P.items()})
+    arrays.update({f"particles/test/{k}": np.asarray(v) for k, v in Pt.items()})
     arrays.update({f"opt/{i}": np.asarray(v) for i, v in enumerate(leaves)})
     arrays["epoch"] = np.asarray(len(history))
     _atomic_write(out / "checkpoint.npz", _npz_bytes(arrays))
@@ -321,7 +345,7 @@ def _save_epoch(out: Path, params, opt_state, history) -> None:
     _plot(out, history)
 
 
-def _restore(out: Path, params, opt_state, manifest):
+def _restore(out: Path, params, opt_state, P, Pt, manifest):
     old = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     for key in ("file_sha256", "settings", "seed", "data", "method"):
         if old.get(key) != manifest.get(key):
@@ -333,9 +357,11 @@ def _restore(out: Path, params, opt_state, manifest):
         params = {k: jnp.asarray(f[f"params/{k}"]) for k in params}
         leaves, tree = jax.tree_util.tree_flatten(opt_state)
         opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(f[f"opt/{i}"]) for i in range(len(leaves))])
+        P = {k: jnp.asarray(f[f"particles/train/{k}"]) for k in P}
+        Pt = {k: jnp.asarray(f[f"particles/test/{k}"]) for k in Pt}
         epoch = int(f["epoch"])
     history = json.loads((out / "metrics.json").read_text())[:epoch]
-    return params, opt_state, history
+    return params, opt_state, P, Pt, history
 
 
 def _plot(out: Path, history) -> None:

@@ -36,10 +36,12 @@ def test_hopfield_example_payloads(root):
     learn = circ.spec.learning
     assert learn.method == "eqprop" and learn.estimator == "symmetric" and learn.batch == 32
     free, nudge = learn.phases
-    assert (free.steps, free.dt, free.beta) == (20, 0.5, 0.0)
-    assert (nudge.steps, nudge.beta) == (4, 0.5)
+    assert (free.steps, free.dt, free.beta) == (40, 0.5, 0.0)
+    assert (nudge.steps, nudge.beta) == (8, 0.5)
     opt = learn.optimizer
-    assert opt.name == "sgd" and dict(opt.lr_per_param) == {"W1": 0.1, "W2": 0.05, "h.bias": 0.1, "y.bias": 0.05}
+    assert opt.name == "sgd" and dict(opt.lr_per_param) == {"W1": 0.2, "W2": 0.1, "h.bias": 0.2, "y.bias": 0.1}
+    assert opt.settings["schedule"] == "cosine"
+    assert (circ.populations["h"].lo, circ.populations["h"].hi) == (0.0, 1.0)
     assert circ.parameter_count() == 256 * 64 + 10 * 256 + 256 + 10
 
 
