@@ -265,6 +265,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
 
     bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
     base = jax.random.key(seed)
+    last_plot = 0.0
     for e in bar:
         t0 = time.perf_counter()
         params, opt_state, loss, acc, P = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
@@ -286,7 +287,11 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             )
         history.append(row)
         if out_dir is not None:
-            _save_epoch(out_dir, params, opt_state, P, Pt, history)
+            # the plot costs ~0.1-1 s: draw it at most every 10 s, and after the last epoch
+            plot = e == epochs - 1 or time.perf_counter() - last_plot > 10.0
+            _save_epoch(out_dir, params, opt_state, P, Pt, history, plot)
+            if plot:
+                last_plot = time.perf_counter()
         if on_epoch is not None:
             on_epoch(row)
         _postfix(bar, row)
@@ -326,7 +331,7 @@ def _postfix(bar, row: dict) -> None:
 
 
 # ------------------------------------------------------------- checkpointing --
-def _save_epoch(out: Path, params, opt_state, P, Pt, history) -> None:
+def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True) -> None:
     leaves = jax.tree_util.tree_leaves(opt_state)
     arrays = {f"params/{k}": np.asarray(v) for k, v in params.items()}
     arrays.update({f"particles/train/{k}": np.asarray(v) for k, v in P.items()})
@@ -342,7 +347,8 @@ def _save_epoch(out: Path, params, opt_state, P, Pt, history) -> None:
     w.writeheader()
     w.writerows(history)
     _atomic_write(out / "metrics.csv", buf.getvalue().encode())
-    _plot(out, history)
+    if plot:
+        _plot(out, history)
 
 
 def _restore(out: Path, params, opt_state, P, Pt, manifest):
