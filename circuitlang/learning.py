@@ -164,7 +164,7 @@ def _estimate(model, params, x, y, method, beta, key, s0, free):
         target = y if isinstance(y, dict) else {out[0]: y}
         xc = {**x, **{n: target[n] for n in out}}
         free_c = {n: free[n] for n in model.free if n not in out}
-        clamped = model.relaxer.run(model.nudge_phase, params, xc, free_c).state
+        clamped = model.relaxer.run(model.clamp_phase, params, xc, free_c).state
         return _finish(model, _contrast(model, params, clamped, free, x, xa=xc), 1.0 / B)
     raise CircuitError(f"unknown estimator `{method}`")
 

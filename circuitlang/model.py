@@ -60,7 +60,7 @@ class Model:
             )
         self.ev = Evaluator(spec.functions, spec.params, jnp)
         self.fns = EnergyFunctions(spec, circ.populations, circ.connections, self.ev)
-        self.relaxer = Relaxer(self.fns, circ.graph)
+        self.relaxer = Relaxer(self.fns, circ.graph, circ.source)
         self.inputs = self.fns.clamped
         self.free = self.fns.free
         learn = spec.learning
@@ -68,8 +68,11 @@ class Model:
         phases = learn.phases if learn else (DEFAULT_FREE,)
         self.phases = {p.name: p for p in phases}
         self.free_phase = phases[0]
-        nudged = [p for p in phases[1:] if p.beta != 0 or p.clamp]
-        self.nudge_phase = nudged[0] if nudged else (phases[1] if len(phases) > 1 else None)
+        nudged = [p for p in phases[1:] if p.beta != 0]
+        clamped = [p for p in phases[1:] if p.clamp]
+        later = phases[1] if len(phases) > 1 else None
+        self.nudge_phase = nudged[0] if nudged else later
+        self.clamp_phase = clamped[0] if clamped else later  # CHL's clamped phase
         self.method = (learn.estimator if learn else None) or "one_sided"
         self.shapes = circ.parameter_shapes()
         self.trainable = {
@@ -155,7 +158,7 @@ class Model:
         ph = self.phases[phase] if phase else self.free_phase
         fn = self._jitted(f"result:{ph.name}", lambda p, x, s0: self._free(p, self.as_inputs(x), s0, ph))
         res = fn(params, x, s0)
-        self.relaxer.check(res, ph, self.free)
+        self.relaxer.check(res, ph)
         return res
 
     def loss(self, params, x, y, s0=None) -> Array:

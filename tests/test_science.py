@@ -418,10 +418,6 @@ def test_divergence_is_a_located_runtime_error(diverging):
     assert int(ok.code) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "circuitlang bug: Relaxer._finish numbers the free populations in the order of the dict that "
-    "lax.fori_loop returns (keys sorted: h, y), but Relaxer.check decodes NONFINITE + i with "
-    "model.free in declaration order (y, h), so the wrong population is named"))
 def test_divergence_names_the_population_that_diverged(diverging):
     m, p, x, err = diverging
     net = ref.Net(sizes={"x": 3, "y": 3, "h": 4}, inputs=("x",), act={"x": "sigmoid", "y": "sigmoid", "h": "identity"},
@@ -432,6 +428,7 @@ def test_divergence_names_the_population_that_diverged(diverging):
     assert not np.all(np.isfinite(state["h"])) and np.all(np.isfinite(state["y"]))
     assert re.findall(r"population `(\w+)`", err.message) == ["h"]
     assert err.span.line == _line_of(DIVERGE, "population h ")
+    assert "population h [4]" in str(err)  # the excerpt of the source line is shown
 
 
 TOL = """\

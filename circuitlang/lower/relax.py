@@ -55,9 +55,10 @@ jax.tree_util.register_dataclass(Relaxation, data_fields=["state", "steps", "cod
 class Relaxer:
     """Runs phases of one energy circuit."""
 
-    def __init__(self, fns: EnergyFunctions, graph: nx.MultiDiGraph) -> None:
+    def __init__(self, fns: EnergyFunctions, graph: nx.MultiDiGraph, source=None) -> None:
         self.fns = fns
         self.graph = graph
+        self.source = source  # for error excerpts
         order_graph = nx.DiGraph()
         order_graph.add_nodes_from(fns.pops)
         order_graph.add_edges_from((e.pre, e.post) for e in fns.edges if e.kind != "undirected" and e.tied_to is None)
@@ -124,8 +125,10 @@ class Relaxer:
         )
 
     def _finish(self, s, x, steps, code) -> Relaxation:
-        for i, n in enumerate(s):
-            code = jnp.where(jnp.all(jnp.isfinite(s[n])), code, NONFINITE + i)
+        # numbered in declaration order (`fns.free`); the first non-finite one wins
+        for i, n in reversed(list(enumerate(self.fns.free))):
+            if n in s:
+                code = jnp.where(jnp.all(jnp.isfinite(s[n])), code, NONFINITE + i)
         return Relaxation({**x, **s}, steps, code)
 
     def _step(self, phase: PhaseSpec, params, x, drives, beta, y):
@@ -171,9 +174,10 @@ class Relaxer:
         return {n: values[n] for n in s0}
 
     # --------------------------------------------------------------- errors --
-    def check(self, result: Relaxation, phase: PhaseSpec, free: tuple[str, ...]) -> None:
+    def check(self, result: Relaxation, phase: PhaseSpec) -> None:
         """Raise a located `CircuitRuntimeError` for a failed relaxation (outside jit)."""
         code = int(result.code)
+        free = self.fns.free
         if code == OK:
             return
         if code == NOT_CONVERGED:
@@ -182,7 +186,8 @@ class Relaxer:
                     f"phase `{phase.name}` did not converge within {phase.steps} steps (tol {phase.tol:g})",
                     phase.span,
                     "raise `steps`, lower `dt`, or loosen `tol`",
-                )
+                ),
+                self.source,
             )
         name = free[code - NONFINITE]
         pop = self.fns.pops[name]
@@ -191,5 +196,6 @@ class Relaxer:
                 f"the state of population `{name}` became non-finite (NaN or inf) in phase `{phase.name}`",
                 pop.span,
                 f"the dynamics diverged: lower `dt` (now {phase.dt:g}) or the learning rates, or check the initial weights",
-            )
+            ),
+            self.source,
         )
