@@ -4,16 +4,23 @@ The grammar lives in `grammar/circuit.lark` (the normative syntax reference;
 it also ships inside the wheel). The parser is LALR(1) with `strict=True` and
 a contextual lexer; a small post-lexer drops newlines inside brackets and
 bounds the nesting depth, so no input can exhaust the Python stack.
+
+The syntax nodes are built while lark parses (its embedded-transformer mode):
+no intermediate lark tree and no second pass, which halves the time a large
+file takes. Each rule's callback gets every token of its text, so it can
+locate the node the way lark's `propagate_positions` would: from the start of
+its first token to the end of its last, parentheses included.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from pathlib import Path
 
 import lark
-from lark import Token, Transformer_NonRecursive, v_args
+from lark import Token
 
 from . import syntax as S
 from .errors import CircuitSyntaxError, Diagnostic
@@ -73,18 +80,24 @@ class _Located(Exception):
 
 
 @functools.lru_cache(maxsize=1)
-def _parser() -> tuple[lark.Lark, _PostLexer]:
+def _parser() -> tuple[lark.Lark, _PostLexer, "_ToSyntax"]:
     post = _PostLexer()
+    builder = _ToSyntax()
     parser = lark.Lark(
         grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
         lexer="contextual",
         strict=True,
-        propagate_positions=True,
         maybe_placeholders=True,
+        transformer=builder,  # build syntax nodes while parsing: no lark tree
         postlex=post,
     )
-    return parser, post
+    _locate_callbacks(parser, builder)
+    return parser, post, builder
+
+
+# one parse at a time: the post-lexer and the builder hold the state of the current one
+_LOCK = threading.Lock()
 
 
 def _token_span(tok: Token, path: str) -> Span:
@@ -98,14 +111,115 @@ def _token_span(tok: Token, path: str) -> Span:
 
 
 # --------------------------------------------------------------- transform --
-@v_args(meta=True)
-class _ToSyntax(Transformer_NonRecursive):
-    """lark tree → `syntax` nodes; records expression depth to bound it."""
+class _Parsed:
+    """A built value and where its text is (what lark's `meta` would hold),
+    with the number of operators on its longest path when it is an expression."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-        self.depth: dict[int, int] = {}
+    __slots__ = ("value", "line", "column", "end_line", "end_column", "depth")
+
+
+_OPERATORS = frozenset({"call", "call_prime", "time_derivative", "unary", "binary", "compare"})
+
+
+def _locate_callbacks(parser: lark.Lark, builder: "_ToSyntax") -> None:
+    """Give each syntax node its span, the way `propagate_positions` would.
+
+    lark hands a rule's callback only the children it keeps (no keywords, no
+    punctuation), yet a node spans from its first token to its last, so
+    `population h [4]` starts at `population` and `(a + b) * c` at `(`. lark
+    builds one callback per rule from the transformer's method and its child
+    filter; wrapping those (`Lark._callbacks`, the table the LALR parser
+    calls) shows us every child. The wrapper finds the node's region, lets
+    the method build the node, and returns it as a `_Parsed`. It also counts
+    operators, so an expression too deep for the later recursive stages is
+    rejected here.
+    """
+    callbacks = parser._callbacks
+    for rule, callback in list(callbacks.items()):
+        name = rule.alias or rule.options.template_source or rule.origin.name
+        builds = hasattr(builder, name) and not name.startswith("_")
+        regroups = rule.options.expand1 and len(rule.expansion) > 1 and not rule.alias  # `( expr )`
+        if builds or regroups:
+            callbacks[rule] = _located(callback, builder, name in _OPERATORS)
+    probe = parser.parse("population p [(1)]")
+    if type(probe) is not _Parsed or probe.value[0].span.col != 1:  # lark changed how it calls back
+        raise RuntimeError(f"circuitlang cannot use lark {lark.__version__}: it needs lark 1.2 or 1.3")
+
+
+def _located(callback, builder: "_ToSyntax", operator: bool):
+    def located(children):
+        here = _Parsed()
+        first = _first_located(children)
+        if first is None:  # only an empty file has nothing in it
+            here.line = here.column = here.end_line = here.end_column = 1
+        else:
+            here.line, here.column = first.line, first.column
+            last = _first_located(children, backward=True)
+            here.end_line, here.end_column = last.end_line, last.end_column
+        depth = _depth(children)
+        builder.here = here
+        value = callback(children)
+        if type(value) is _Parsed:  # `( expr )`: the expression itself, its region grows
+            here.value, here.depth = value.value, value.depth
+            return here
+        if operator:
+            depth += 1
+            if depth > MAX_EXPR_DEPTH:
+                raise _Located(
+                    f"this expression is nested more than {MAX_EXPR_DEPTH} operators deep",
+                    value.span,
+                    "split it into smaller `param` or `fn` definitions",
+                )
+        here.value, here.depth = value, depth
+        return here
+
+    return located
+
+
+def _first_located(children, backward: bool = False):
+    """The first (or last) token or `_Parsed` among `children`, looking
+    inside the trees of inlined rules (`_sep`, `option*`, ...)."""
+    for child in reversed(children) if backward else children:
+        if child is None:
+            continue
+        if isinstance(child, lark.Tree):
+            found = _first_located(child.children, backward)
+            if found is not None:
+                return found
+            continue
+        return child
+    return None
+
+
+def _depth(children) -> int:
+    depth = 0
+    for child in children:
+        if type(child) is _Parsed:
+            if child.depth > depth:
+                depth = child.depth
+        elif isinstance(child, lark.Tree):
+            depth = max(depth, _depth(child.children))
+    return depth
+
+
+def _rule(method):
+    """Turn `method(self, meta, kids)` into the lark callback `(self, children)`;
+    `meta` is the region `_located` found, `kids` the values of the children."""
+
+    @functools.wraps(method)
+    def callback(self, children):
+        kids = [c.value if type(c) is _Parsed else c for c in children]
+        return method(self, self.here, kids)
+
+    return callback
+
+
+class _ToSyntax:
+    """The lark callbacks that build `syntax` nodes while the text is parsed."""
+
+    def __init__(self) -> None:
+        self.path = "<string>"
+        self.here = _Parsed()  # the region of the node being built
 
     # helpers
     def _span(self, meta) -> Span:
@@ -117,18 +231,8 @@ class _ToSyntax(Transformer_NonRecursive):
     def _ident(self, tok: Token) -> S.Ident:
         return S.Ident(str(tok), self._tspan(tok))
 
-    def _deep(self, node, *kids):
-        depth = 1 + max((self.depth.get(id(k), 0) for k in kids), default=0)
-        if depth > MAX_EXPR_DEPTH:
-            raise _Located(
-                f"this expression is nested more than {MAX_EXPR_DEPTH} operators deep",
-                node.span,
-                "split it into smaller `param` or `fn` definitions",
-            )
-        self.depth[id(node)] = depth
-        return node
-
     # expressions
+    @_rule
     def number(self, meta, kids):
         (tok,) = kids
         value = float(tok)
@@ -141,77 +245,93 @@ class _ToSyntax(Transformer_NonRecursive):
             )
         return S.Number(value, str(tok), span)
 
+    @_rule
     def var(self, meta, kids):
         return S.Var(str(kids[0]), self._tspan(kids[0]))
 
+    @_rule
     def member(self, meta, kids):
         obj, attr = kids
         return S.Member(self._ident(obj), self._ident(attr), self._span(meta))
 
+    @_rule
     def args(self, meta, kids):
         return tuple(kids)
 
+    @_rule
     def call(self, meta, kids):
         fn, args = kids
         args = args or ()
-        return self._deep(S.Call(self._ident(fn), args, 0, self._span(meta)), *args)
+        return S.Call(self._ident(fn), args, 0, self._span(meta))
 
+    @_rule
     def call_prime(self, meta, kids):
         tok, args = kids
         args = args or ()
         name = str(tok).rstrip("'")
         primes = len(str(tok)) - len(name)
         fn = S.Ident(name, self._tspan(tok))
-        return self._deep(S.Call(fn, args, primes, self._span(meta)), *args)
+        return S.Call(fn, args, primes, self._span(meta))
 
+    @_rule
     def time_derivative(self, meta, kids):
-        inner = kids[1]
-        return self._deep(S.TimeDerivative(inner, self._span(meta)), inner)
+        return S.TimeDerivative(kids[1], self._span(meta))
 
+    @_rule
     def unary(self, meta, kids):
         op, operand = kids
-        return self._deep(S.Unary(str(op), operand, self._span(meta)), operand)
+        return S.Unary(str(op), operand, self._span(meta))
 
+    @_rule
     def binary(self, meta, kids):
         left, op, right = kids
         op = "^" if str(op) == "**" else str(op)
-        return self._deep(S.Binary(op, left, right, self._span(meta)), left, right)
+        return S.Binary(op, left, right, self._span(meta))
 
     compare = binary
 
     # small pieces
+    @_rule
     def names(self, meta, kids):
         return tuple(self._ident(k) for k in kids)
 
+    @_rule
     def dotted(self, meta, kids):
         return (".".join(str(k) for k in kids), self._span(meta))
 
+    @_rule
     def option(self, meta, kids):
         (key, key_span), value = kids
         return S.Option(key, value, self._span(meta), key_span)
 
     kwarg = option
 
+    @_rule
     def endpoint(self, meta, kids):
         pop, comp = kids
         return S.Endpoint(self._ident(pop), self._ident(comp) if comp is not None else None, self._span(meta))
 
     # statements
+    @_rule
     def header(self, meta, kids):
         name, doc = kids
         return S.Header(self._ident(name), str(doc)[1:-1] if doc is not None else None, self._span(meta))
 
+    @_rule
     def param(self, meta, kids):
         name, value = kids
         return S.Param(self._ident(name), value, self._span(meta))
 
+    @_rule
     def fn_def(self, meta, kids):
         name, params, body = kids
         return S.FnDef(self._ident(name), params or (), body, self._span(meta))
 
+    @_rule
     def compartment(self, meta, kids):
         return ("compartment", kids[0])
 
+    @_rule
     def ode(self, meta, kids):
         tau, op, deriv, rhs = kids
         span = self._span(meta)
@@ -224,10 +344,12 @@ class _ToSyntax(Transformer_NonRecursive):
         state = _deriv_name(deriv, self.path)
         return ("ode", S.Ode(state, tau, rhs, span))
 
+    @_rule
     def let(self, meta, kids):
         name, value = kids
         return ("let", S.Let(self._ident(name), value, self._span(meta)))
 
+    @_rule
     def neuron(self, meta, kids):
         name, *items = kids
         comps = tuple(i for tag, group in _tagged(items, "compartment") for i in group)
@@ -235,74 +357,92 @@ class _ToSyntax(Transformer_NonRecursive):
         lets = tuple(x for _, x in _tagged(items, "let"))
         return S.Neuron(self._ident(name), comps, odes, lets, self._span(meta))
 
+    @_rule
     def population(self, meta, kids):
         name, cell_type, size, *options = kids
         ctype = self._ident(cell_type) if cell_type is not None else None
         return S.Population(self._ident(name), ctype, size, tuple(options), self._span(meta))
 
+    @_rule
     def connection(self, meta, kids):
         pre, arrow, post, weight, tie, *options = kids
         w = self._ident(weight) if weight is not None else None
         return S.Connection(pre, str(arrow), post, w, tie, tuple(options), self._span(meta))
 
+    @_rule
     def bias(self, meta, kids):
         pops, *options = kids
         return S.Bias(pops, tuple(options), self._span(meta))
 
-    def energy_use(self, meta, kids):
+    def _energy_use(self, meta, kids):
         name, *options = kids
         return S.EnergyUse(self._ident(name), tuple(options), self._span(meta))
 
+    energy_use = _rule(_energy_use)
+
+    @_rule
     def energy_preset(self, meta, kids):
-        use = self.energy_use(meta, kids)
+        use = self._energy_use(meta, kids)
         return S.Energy((use,), (), self._span(meta))
 
+    @_rule
     def energy_term(self, meta, kids):
         targets, expr = kids
         return S.EnergyTerm(targets or (), expr, self._span(meta))
 
+    @_rule
     def energy_block(self, meta, kids):
         uses = tuple(k for k in kids if isinstance(k, S.EnergyUse))
         terms = tuple(k for k in kids if isinstance(k, S.EnergyTerm))
         return S.Energy(uses, terms, self._span(meta))
 
+    @_rule
     def dynamics(self, meta, kids):
         name, *options = kids
         return S.Dynamics(self._ident(name), tuple(options), self._span(meta))
 
+    @_rule
     def cost(self, meta, kids):
         pop, kind, *options = kids
         return S.Cost(self._ident(pop), self._ident(kind), tuple(options), self._span(meta))
 
+    @_rule
     def attr(self, meta, kids):
         key, value, *kwargs = kids
         return S.Attr(self._ident(key), value, tuple(kwargs), self._span(meta))
 
+    @_rule
     def phase(self, meta, kids):
         name, *attrs = kids
         attrs = [a for a in attrs if a is not None]
         return S.Phase(self._ident(name), tuple(attrs), self._span(meta))
 
+    @_rule
     def optimizer(self, meta, kids):
         name, *rest = kids
         options = tuple(k for k in rest if isinstance(k, S.Option))
         attrs = tuple(k for k in rest if isinstance(k, S.Attr))
         return S.Optimizer(self._ident(name), options, attrs, self._span(meta))
 
+    @_rule
     def for_clause(self, meta, kids):
         return kids[0]
 
+    @_rule
     def during(self, meta, kids):
         return (False, kids[0])
 
+    @_rule
     def always(self, meta, kids):
         return (True, ())
 
+    @_rule
     def rule(self, meta, kids):
         (always, phases), targets, deriv, expr = kids
         lhs = _deriv_name(deriv, self.path)
         return S.Rule(phases, always, targets or (), lhs, expr, self._span(meta))
 
+    @_rule
     def learn(self, meta, kids):
         method, *items = kids
         items = [i for i in items if i is not None]
@@ -315,6 +455,7 @@ class _ToSyntax(Transformer_NonRecursive):
             self._span(meta),
         )
 
+    @_rule
     def start(self, meta, kids):
         return tuple(k for k in kids if k is not None)
 
@@ -351,7 +492,7 @@ _NICE = {
 
 @functools.lru_cache(maxsize=1)
 def _terminal_names() -> dict[str, str]:
-    parser, _ = _parser()
+    parser = _parser()[0]
     names = dict(_NICE)
     for term in parser.terminals:
         if term.name not in names and term.pattern.type == "str":
@@ -423,18 +564,35 @@ def parse(text: str, path: str = "<string>") -> S.Program:
         CircuitSyntaxError: located, with the expected tokens and a hint.
     """
     source = Source(text, path)
-    parser, post = _parser()
-    post.path = path
-    try:
-        tree = parser.parse(text)
-        statements = _ToSyntax(path).transform(tree)
-    except _Located as exc:
-        raise CircuitSyntaxError([exc.diagnostic], source) from None
-    except lark.exceptions.VisitError as exc:
-        if isinstance(exc.orig_exc, _Located):
-            raise CircuitSyntaxError([exc.orig_exc.diagnostic], source) from None
-        raise
-    except lark.exceptions.UnexpectedCharacters as exc:
+    lexed = _for_lexer(text)
+    with _LOCK:
+        parser, post, builder = _parser()
+        post.path = builder.path = path
+        try:
+            return S.Program(path, parser.parse(lexed).value)
+        except lark.exceptions.UnexpectedInput as exc:
+            raise _syntax_error(exc, lexed, source, post.stack) from None
+        except _Located as exc:
+            raise CircuitSyntaxError([exc.diagnostic], source) from None
+
+
+def _for_lexer(text: str) -> str:
+    """The text as the lexer reads it: every line ending (`\\r\\n`, `\\r`,
+    `\\n`) is a newline, as in `Source.lines`, and a leading byte-order mark
+    is a space, so that lines and columns stay those of `text`."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.startswith("\ufeff"):
+        text = " " + text[1:]
+    return text
+
+
+def _syntax_error(
+    exc: lark.exceptions.UnexpectedInput, text: str, source: Source, open_brackets: list[Token]
+) -> CircuitSyntaxError:
+    """lark's error → ours: located, with what was expected and a hint."""
+    path = source.path
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         span = Span(path, exc.line, exc.column, exc.line, exc.column + 1)
         char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
         shown = repr(char)[1:-1] if not char.isprintable() else char
@@ -445,10 +603,8 @@ def parse(text: str, path: str = "<string>") -> S.Program:
             hint = "blocks follow `neuron NAME`, `energy`, `learn METHOD`, `phase NAME` or `optimizer NAME`"
         elif exc.allowed:
             hint = f"expected {_describe(exc.allowed)} here"
-        raise CircuitSyntaxError(
-            [Diagnostic(f"unexpected character `{shown}`", span, hint)], source
-        ) from None
-    except lark.exceptions.UnexpectedToken as exc:
+        return CircuitSyntaxError([Diagnostic(f"unexpected character `{shown}`", span, hint)], source)
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
         tok = exc.token
         if tok.type == "$END":
             last = max(len(source.lines), 1)
@@ -460,10 +616,9 @@ def parse(text: str, path: str = "<string>") -> S.Program:
             span = _token_span(tok, path)
         expected = set(exc.expected) if exc.expected else set()
         message = f"unexpected {_show(tok)}; expected {_describe(expected)}"
-        raise CircuitSyntaxError([Diagnostic(message, span, _hint_for(expected, tok, source, post.stack))], source) from None
-    except lark.exceptions.UnexpectedEOF as exc:  # pragma: no cover - LALR raises UnexpectedToken
-        raise CircuitSyntaxError([Diagnostic("unexpected end of file", Span.whole(path))], source) from None
-    return S.Program(path, statements)
+        return CircuitSyntaxError([Diagnostic(message, span, _hint_for(expected, tok, source, open_brackets))], source)
+    # LALR reports an early end as UnexpectedToken($END); this is a safety net
+    return CircuitSyntaxError([Diagnostic("unexpected end of file", Span(path, 1, 1, 1, 2))], source)
 
 
 def parse_file(path: str | Path) -> tuple[S.Program, Source]:
