@@ -60,6 +60,41 @@ class Function:
     reduction: bool = False
 
 
+def _clip(xp, x, lo, hi):
+    """clip(x, lo, hi); in JAX its derivative is 1 on the closed interval [lo, hi].
+
+    (A plain min/max gives 1/2 exactly at the edges, where projected dynamics
+    hold states; with 1/2 there a unit at a bound chatters instead of resting.)
+    """
+    if xp.__name__.startswith("jax"):
+        return _jax_clip()(x, lo, hi)
+    return xp.clip(x, lo, hi)
+
+
+_JAX_CLIP = None
+
+
+def _jax_clip():
+    global _JAX_CLIP
+    if _JAX_CLIP is None:
+        import jax
+        import jax.numpy as jnp
+
+        @jax.custom_jvp
+        def clip(x, lo, hi):
+            return jnp.clip(x, lo, hi)
+
+        @clip.defjvp
+        def _(primals, tangents):
+            x, lo, hi = primals
+            tx = tangents[0]
+            inside = (x >= lo) & (x <= hi)
+            return jnp.clip(x, lo, hi), jnp.where(inside, tx, jnp.zeros_like(tx))
+
+        _JAX_CLIP = clip
+    return _JAX_CLIP
+
+
 def _sigmoid(xp, x):
     return 0.5 * (xp.tanh(0.5 * x) + 1.0)  # stable for large |x|, same in NumPy and JAX
 
@@ -72,10 +107,10 @@ _FUNCTION_LIST = [
     Function("identity", (1,), "x", lambda xp, x: x),
     Function("tanh", (1,), "hyperbolic tangent", lambda xp, x: xp.tanh(x)),
     Function("sigmoid", (1,), "logistic 1/(1+exp(-x))", _sigmoid),
-    Function("hard_sigmoid", (1,), "clip(x, 0, 1)", lambda xp, x: xp.clip(x, 0.0, 1.0)),
+    Function("hard_sigmoid", (1,), "clip(x, 0, 1)", lambda xp, x: _clip(xp, x, 0.0, 1.0)),
     Function("relu", (1,), "max(x, 0)", lambda xp, x: xp.maximum(x, 0.0)),
     Function("softplus", (1,), "log(1 + exp(x))", _softplus),
-    Function("clip", (3,), "clip(x, lo, hi): x limited to [lo, hi]", lambda xp, x, lo, hi: xp.clip(x, lo, hi)),
+    Function("clip", (3,), "clip(x, lo, hi): x limited to [lo, hi]", _clip),
     Function("exp", (1,), "exponential", lambda xp, x: xp.exp(x)),
     Function("log", (1,), "natural logarithm", lambda xp, x: xp.log(x)),
     Function("sqrt", (1,), "square root", lambda xp, x: xp.sqrt(x)),
