@@ -48,7 +48,8 @@ class Model:
         spec = circ.spec
         self.spec = spec
         if spec.energy is None:
-            where = spec.dynamics.span if spec.dynamics else None
+            types = list(spec.neuron_types.values())
+            where = spec.dynamics.span if spec.dynamics else (types[0].span if types else None)
             raise CircuitError(
                 Diagnostic(
                     "only energy circuits (`energy ...`) can be compiled so far; vector-field and "
