@@ -12,6 +12,7 @@ hint that says how to fix it.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
@@ -103,11 +104,18 @@ class CircuitRuntimeError(CircuitError):
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """`"; did you mean `h1`?"` when a close candidate exists, else `""`."""
     pool = sorted(set(candidates))
-    if len(pool) > 5000:  # keep error reporting linear on huge files
-        pool = [c for c in pool if c[:1].lower() == name[:1].lower()][:5000]
-    match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    near = pool
+    if len(pool) > _NEAR:  # a huge file: compare with the names that sort next to `name`
+        at = bisect.bisect_left(pool, name)
+        start = min(max(0, at - _NEAR // 2), len(pool) - _NEAR)
+        near = pool[start : start + _NEAR]
+    match = difflib.get_close_matches(name, near, n=1, cutoff=0.6)
     if not match:
-        lowered = {c.lower(): c for c in pool}
-        if name.lower() in lowered:
-            match = [lowered[name.lower()]]
+        lowered = name.lower()
+        match = [c for c in pool if c.lower() == lowered][:1]
     return f"; did you mean `{match[0]}`?" if match else ""
+
+
+# how many names `did_you_mean` compares at most: difflib takes a few
+# microseconds a name, and a huge generated file can have thousands of errors
+_NEAR = 500
