@@ -19,3 +19,10 @@ def regen() -> bool:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+def pytest_configure(config):
+    """Strict JAX in tests: implicit rank promotion is an error (warnings are errors too, see pyproject)."""
+    import jax
+
+    jax.config.update("jax_numpy_rank_promotion", "raise")

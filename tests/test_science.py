@@ -262,9 +262,9 @@ def test_implicit_gradient_equals_bptt(name, request):
 # ======================================================================= 4 --
 def mlp_loss(p, x, y, cost):
     """The feed-forward net the predictive circuit encodes, written out by hand."""
-    h1 = jnp.tanh(x) @ p["W1"].T + p["h1.bias"]
-    h2 = jnp.tanh(h1) @ p["W2"].T - jnp.tanh(x) @ p["S"].T + p["h2.bias"]
-    out = jnp.tanh(h2) @ p["W3"].T + p["y.bias"]
+    h1 = jnp.tanh(x) @ p["W1"].T + p["h1.bias"][None, :]
+    h2 = jnp.tanh(h1) @ p["W2"].T - jnp.tanh(x) @ p["S"].T + p["h2.bias"][None, :]
+    out = jnp.tanh(h2) @ p["W3"].T + p["y.bias"][None, :]
     if cost == "squared":
         per = 0.5 * jnp.sum((out - y) ** 2, -1)
     else:

@@ -112,14 +112,14 @@ class EnergyFunctions:
                 add(pred, e.post, self._predict(e, w, r[e.pre]))
         if "predictive" in self.presets:
             for n in self.biased:
-                add(pred, n, params[f"{n}.bias"])
+                add(pred, n, params[f"{n}.bias"][None, :])
         return {"hopfield": hop, "predictive": pred}
 
     def _predict(self, e: ConnectionEdge, w, r_pre):
         if e.kind == "one_to_one":
             v = r_pre * e.gain
             if e.weight is not None:
-                v = v * w[e.weight]
+                v = v * w[e.weight][None, :]
         else:
             v = r_pre @ w[e.weight].T
         return v if e.sign > 0 else -v
@@ -157,7 +157,7 @@ class EnergyFunctions:
             for n, d in drives.items():
                 E = E - jnp.sum(r[n] * d)
         for n in self.biased:
-            E = E - jnp.sum(r[n] * params[f"{n}.bias"])
+            E = E - jnp.sum(r[n] * params[f"{n}.bias"][None, :])
         return E
 
     def _predictive(self, s, full, r, w, params, drives):
@@ -171,7 +171,7 @@ class EnergyFunctions:
             mu[e.post] = mu[e.post] + v if e.post in mu else v
         if drives is None:
             for n in self.biased:
-                b = params[f"{n}.bias"]
+                b = params[f"{n}.bias"][None, :]
                 mu[n] = mu[n] + b if n in mu else b
         E = 0.0
         for n in self.pops:

@@ -169,7 +169,7 @@ class Relaxer:
                 if e.post == n and e.kind != "undirected":
                     mu = mu + fns._predict(e, w, fns.act[e.pre](values[e.pre]))
             if n in fns.biased:
-                mu = mu + params[f"{n}.bias"]
+                mu = mu + params[f"{n}.bias"][None, :]
             values[n] = mu
         return {n: values[n] for n in s0}
 
