@@ -241,17 +241,18 @@ def _model(args):
     return cl.compile(load(args.file), _settings(args))
 
 
-def _data(spec: str, seed: int = 0):
+def _data(spec: str):
+    """The data of `--data SPEC` (a random data set takes its seed from the spec: `synthetic:seed=3`)."""
     from .data import load as load_data
 
-    return load_data(spec, seed=seed)
+    return load_data(spec)
 
 
 def _train(args) -> int:
     from .train import train
 
     model = _model(args)
-    data = _data(args.data, args.seed)
+    data = _data(args.data)
     out = args.out or f"runs/{model.spec.name}"
     result = train(
         model, data, args.epochs, seed=args.seed, out=out, resume=args.resume, devices=args.devices,
@@ -296,7 +297,7 @@ def _simulate(args) -> int:
     from .simulate import simulate
 
     model = _model(args)
-    data = _data(args.data, args.seed)
+    data = _data(args.data)
     x, y = _samples(model, data, args.samples)
     record = args.record.split(",") if args.record else None
     results = simulate(model, _params(model, args), x, y, record, args.out)
@@ -321,7 +322,7 @@ def _verify(args) -> int:
     import jax.numpy as jnp
 
     dtype = jnp.float32 if args.float32 else jnp.float64
-    data = _data(args.data, args.seed)
+    data = _data(args.data)
     x, y = _samples(model, data, args.samples)
     params = {k: v.astype(dtype) for k, v in _params(model, args, dtype).items()}
     method = args.estimator or model.method

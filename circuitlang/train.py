@@ -256,9 +256,12 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     manifest = _manifest(model, data, data_spec, seed, method, epochs, devices)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.tmp*"):  # left by a run killed while writing
+            stale.unlink(missing_ok=True)
         if resume and (out_dir / "checkpoint.npz").exists():
             params, opt_state, P, Pt, history = _restore(out_dir, params, opt_state, P, Pt, manifest)
             start = len(history)
+            _save_epoch(out_dir, params, opt_state, P, Pt, history, plot=start >= epochs)  # metrics catch up
         elif resume:
             raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
         _atomic_write(out_dir / "run.json", json.dumps(manifest, indent=2).encode())
@@ -338,6 +341,8 @@ def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True)
     arrays.update({f"particles/test/{k}": np.asarray(v) for k, v in Pt.items()})
     arrays.update({f"opt/{i}": np.asarray(v) for i, v in enumerate(leaves)})
     arrays["epoch"] = np.asarray(len(history))
+    # the history travels with the checkpoint, so a kill between the two files cannot desynchronise them
+    arrays["history"] = np.asarray(json.dumps(history))
     _atomic_write(out / "checkpoint.npz", _npz_bytes(arrays))
     save_params(params, out / "params.npz")
     _atomic_write(out / "metrics.json", json.dumps(history, indent=2).encode())
@@ -365,8 +370,7 @@ def _restore(out: Path, params, opt_state, P, Pt, manifest):
         opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(f[f"opt/{i}"]) for i in range(len(leaves))])
         P = {k: jnp.asarray(f[f"particles/train/{k}"]) for k in P}
         Pt = {k: jnp.asarray(f[f"particles/test/{k}"]) for k in Pt}
-        epoch = int(f["epoch"])
-    history = json.loads((out / "metrics.json").read_text())[:epoch]
+        history = json.loads(str(f["history"]))
     return params, opt_state, P, Pt, history
 
 
@@ -423,7 +427,7 @@ def _manifest(model: Model, data, data_spec, seed, method, epochs, devices) -> d
         "settings": json.loads(json.dumps(settings, default=str)),
         "method": method,
         "seed": seed,
-        "data": data_spec or data.name,
+        "data": getattr(data, "spec", None) or data_spec or data.name,
         "epochs": epochs,
         "devices": devices,
         "versions": {

@@ -215,6 +215,27 @@ def test_resume_refuses_other_settings_or_seed(resumed, digits):
         train(cl.compile(cl.load(TINY)), digits, 3, seed=7, out=resumed.out, resume=True, progress=False)
 
 
+def test_resume_after_a_kill_between_checkpoint_and_metrics(run3, tiny, digits, tmp_path):
+    # a kill can land after checkpoint.npz (epoch 2) is replaced but before metrics.json is:
+    # the checkpoint carries its own history, so resume neither retrains nor loses an epoch
+    out = tmp_path / "cut"
+    train(tiny, digits, 2, seed=0, out=out, progress=False)
+    rows = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(rows[:1]))
+    (out / ".params.npz.tmp999999").write_bytes(b"half a file")  # a killed writer's leftover
+    res = train(tiny, digits, 3, seed=0, out=out, resume=True, progress=False)
+    assert same_params(res.params, run3.params)
+    assert metrics(json.loads((out / "metrics.json").read_text())) == metrics(run3.history)
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_run_json_records_the_resolved_data_spec(tiny, tmp_path):
+    data = load_data("synthetic:in=64,out=10,n=128,test=32,seed=3")
+    train(tiny, data, 1, out=tmp_path, progress=False)
+    spec = json.loads((tmp_path / "run.json").read_text())["data"]
+    assert "seed=3" in spec and load_data(spec).spec == data.spec
+
+
 def test_resume_without_checkpoint(tiny, digits, tmp_path):
     with pytest.raises(CircuitError, match="no checkpoint.npz"):
         train(tiny, digits, 2, out=tmp_path / "empty", resume=True, progress=False)
