@@ -39,11 +39,11 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         path, data, target = RUNS[name]
-        out = HERE / "results" / "runs" / name
+        out = (HERE / "results" / "runs" / name).relative_to(ROOT)
         cmd = ["taskset", "-c", "0", sys.executable, "-m", "circuitlang", "train", path, "--data", data,
                "--epochs", str(args.epochs), "--seed", str(args.seed), "--out", str(out), "--no-progress"]
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-        hist = json.loads((out / "metrics.json").read_text())
+        hist = json.loads((ROOT / out / "metrics.json").read_text())
         accs = [h["test_accuracy"] for h in hist]
         reached = next((h["epoch"] for h in hist if h["test_accuracy"] >= target), None)
         rows.append({
