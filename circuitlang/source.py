@@ -128,9 +128,10 @@ def decode(data: bytes, path: str) -> str:
     except UnicodeDecodeError as exc:
         reason = f"the byte 0x{data[exc.start]:02x}, which is not UTF-8"
         offset_bytes = exc.start
-    head = data[:offset_bytes].decode("utf-8", errors="replace")
+    # all before the bad byte is text: count lines as `Source.lines` does, columns in characters
+    head = data[:offset_bytes].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     line = head.count("\n") + 1
-    col = offset_bytes - (data.rfind(b"\n", 0, offset_bytes) + 1) + 1
+    col = len(head) - (head.rfind("\n") + 1) + 1
     shown = Source(data.decode("utf-8", errors="replace").replace("\x00", "?"), path)
     span = Span(path, line, col, line, col + 1)
     raise CircuitSyntaxError(
