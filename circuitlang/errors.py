@@ -109,7 +109,8 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
         at = bisect.bisect_left(pool, name)
         start = min(max(0, at - _NEAR // 2), len(pool) - _NEAR)
         near = pool[start : start + _NEAR]
-    match = difflib.get_close_matches(name, near, n=1, cutoff=0.6)
+    # short names (`h2`, `W3`) differ by one character in half their length
+    match = difflib.get_close_matches(name, near, n=1, cutoff=0.5 if len(name) <= 3 else 0.6)
     if not match:
         lowered = name.lower()
         match = [c for c in pool if c.lower() == lowered][:1]
