@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gc
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -548,6 +549,10 @@ def _hint_for(expected: set[str], tok: Token, source: Source, open_brackets: lis
     if "COLON" in expected:
         return "end the rule's head with a colon, e.g. `during nudge: dW/dt = ...`"
     if "RBRACE" in expected and tok.type == "$END":
+        braces = [b for b in open_brackets if b.type == "LBRACE"]
+        if braces:
+            b = braces[-1]
+            return f"the `{{` at line {b.line}, column {b.column} is never closed: add the matching `}}`"
         return "a `{` is never closed: add the matching `}`"
     if "RPAR" in expected and tok.type in ("_NL", "$END"):
         return "a `(` is never closed: add the matching `)`"
@@ -625,9 +630,29 @@ def _syntax_error(
             span = _token_span(tok, path)
         expected = set(exc.expected) if exc.expected else set()
         message = f"unexpected {_show(tok)}; expected {_describe(expected)}"
-        return CircuitSyntaxError([Diagnostic(message, span, _hint_for(expected, tok, source, open_brackets))], source)
+        hint = _hint_for(expected, tok, source, open_brackets)
+        second = _second_statement(source, tok) if "_NL" in expected and tok.type not in ("_NL", "$END") else None
+        if second is not None:  # `population x [4] input population y [2]`: point at the second keyword
+            word, col = second
+            span = Span(path, tok.line, col, tok.line, col + len(word))
+            message = f"`{word}` starts a new statement, but the previous one has not ended"
+        return CircuitSyntaxError([Diagnostic(message, span, hint)], source)
     # LALR reports an early end as UnexpectedToken($END); this is a safety net
     return CircuitSyntaxError([Diagnostic("unexpected end of file", Span(path, 1, 1, 1, 2))], source)
+
+
+_STATEMENT_WORDS = ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn")
+
+
+def _second_statement(source: Source, tok: Token) -> tuple[str, int] | None:
+    """A statement keyword earlier on the error's line (not its first word), if any."""
+    line = source.line(tok.line or 1)
+    upto = line[: max((tok.column or 1) - 1, 0)]
+    found = None
+    for m in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)", upto):
+        if m.group(1) in _STATEMENT_WORDS and upto[: m.start()].strip():
+            found = (m.group(1), m.start() + 1)
+    return found
 
 
 def parse_file(path: str | Path) -> tuple[S.Program, Source]:
