@@ -7,6 +7,7 @@ never `eval` — and every result must be finite.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Mapping
 
@@ -176,13 +177,15 @@ def evaluate(expr: S.Expr, env: Mapping[str, float], functions: Mapping[str, "ob
     names, bad calls and non-finite results.
     """
     with np.errstate(all="ignore"):
-        value = _eval(expr, dict(env), functions, what, 0)
+        value = _eval(expr, env, functions, what, 0, {})
     if not np.isfinite(value):
         raise EvalError(Diagnostic(f"{what} evaluates to {value}, which is not a finite number", expr.span))
     return float(value)
 
 
-def _eval(expr, env, functions, what, depth):
+def _eval(expr, env, functions, what, depth, memo):
+    """`memo` caches user-function calls by (name, arguments): a chain of
+    functions that each call the previous one twice stays linear."""
     if depth > 64:
         raise EvalError(Diagnostic("functions call each other more than 64 deep", expr.span))
     if isinstance(expr, S.Number):
@@ -198,11 +201,11 @@ def _eval(expr, env, functions, what, depth):
             )
         )
     if isinstance(expr, S.Unary):
-        v = _eval(expr.operand, env, functions, what, depth)
+        v = _eval(expr.operand, env, functions, what, depth, memo)
         return -v if expr.op == "-" else v
     if isinstance(expr, S.Binary):
-        a = _eval(expr.left, env, functions, what, depth)
-        b = _eval(expr.right, env, functions, what, depth)
+        a = _eval(expr.left, env, functions, what, depth, memo)
+        b = _eval(expr.right, env, functions, what, depth, memo)
         op = expr.op
         if op in ("/",) and b == 0:
             divisor = f"`{expr.right.name}` is 0" if isinstance(expr.right, S.Var) else "the divisor is 0"
@@ -219,7 +222,7 @@ def _eval(expr, env, functions, what, depth):
             raise EvalError(Diagnostic(f"this part of {what} is {out}, not a finite number", expr.span))
         return out
     if isinstance(expr, S.Call):
-        args = [_eval(a, env, functions, what, depth) for a in expr.args]
+        args = [_eval(a, env, functions, what, depth, memo) for a in expr.args]
         name = expr.fn.name
         if expr.primes:
             raise EvalError(Diagnostic(f"derivatives like `{name}'` are not constants", expr.span))
@@ -227,9 +230,11 @@ def _eval(expr, env, functions, what, depth):
             fn = functions[name]
             if len(args) != len(fn.params):
                 raise EvalError(Diagnostic(_arity_message(name, (len(fn.params),), len(args)), expr.span))
-            local = dict(env)
-            local.update(zip(fn.params, args))
-            return _eval(fn.body, local, functions, what, depth + 1)
+            key = (name, tuple(float(a) for a in args))
+            if key not in memo:
+                local = collections.ChainMap(dict(zip(fn.params, args)), env)  # no copy of every param
+                memo[key] = _eval(fn.body, local, functions, what, depth + 1, memo)
+            return memo[key]
         if name in P.FUNCTIONS and P.FUNCTIONS[name].elementwise:
             fn = P.FUNCTIONS[name]
             if len(args) not in fn.arity:

@@ -278,3 +278,24 @@ def test_cli_exit_codes(tmp_path):
         assert "Traceback" not in err and "internal error" not in err, f"{name}:\n{err}"
         if code == 1:
             assert f"{name}.circ:" in err and "error:" in err and "^" in err, f"{name}:\n{err}"
+
+
+def test_constant_function_chains_stay_linear():
+    # f_k calls f_(k-1) twice: without memoised calls, evaluating f22 takes 4 million calls
+    text = "fn f0(x) = x\n" + "".join(f"fn f{i}(x) = f{i-1}(x) + f{i-1}(x)\n" for i in range(1, 23))
+    text += "param q = f22(1)\n"
+    start = time.process_time()
+    circ = cl.loads(text)
+    assert circ.spec.params["q"] == 2.0**22
+    assert time.process_time() - start < 5.0
+
+
+def test_many_params_load_in_linear_time():
+    def cost(n):
+        text = "".join(f"param p{i} = {i} + 1\n" for i in range(n))
+        start = time.process_time()
+        cl.loads(text)
+        return time.process_time() - start
+
+    small, large = cost(5000), cost(20000)
+    assert large < 8 * small + 1.0, (small, large)  # 4x the lines; quadratic would be 16x
