@@ -12,14 +12,12 @@ un-jitted versions (`_relax`, `_estimate`, ...) are what `train` scans over.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import learning
 from .circuit import Circuit
@@ -206,5 +204,3 @@ def _initialize(init, key, shape, dtype):
         return jnp.full(shape, args[0], dtype)
     raise ValueError(f"unknown init {scheme}")  # the checker rejects these earlier
 
-
-del np, functools

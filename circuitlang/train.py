@@ -8,10 +8,11 @@ epoch. With `out=DIR`, each epoch atomically rewrites
 * ``params.npz``      the parameters (plain arrays; `np.load(allow_pickle=False)`)
 * ``checkpoint.npz``  params + optimizer state + epoch, for `resume`
 * ``metrics.csv`` / ``metrics.json``  one row per epoch
-* ``curves.png``      the learning curves
+* ``curves.png``      the learning curves (redrawn at most every 10 s, and at the end)
 * ``run.json``        file hash, resolved settings, versions, seed
 
-so killing the process at any moment loses at most the current epoch, and
+(the checkpoint also carries the metrics history), so killing the process
+at any moment loses at most the current epoch, and
 `resume=True` continues bit-for-bit (the key of epoch e is
 `fold_in(key(seed), e)`, whatever happened before).
 
