@@ -286,6 +286,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
                 row["test_accuracy"] = float(ta)
             row["eval_seconds"] = time.perf_counter() - t1
         if not np.isfinite(loss):
+            # name the population whose state blew up, with its line, when the relaxation shows it
+            model.relax_result(params, X[:batch], None)
             raise CircuitError(
                 f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
             )

@@ -392,3 +392,11 @@ def test_adam_with_cosine_warmup_trains(digits):
     assert not np.any(np.asarray(u0["W2"])) and np.all(np.asarray(u1["W2"]) < 0)
     # per-weight lr (W1=0.005) against the block's (0.01): half the step
     np.testing.assert_allclose(np.asarray(u1["W1"]) * 2, np.asarray(u1["W2"])[0, 0], rtol=1e-5)
+
+
+def test_divergence_names_the_population(digits):
+    # a huge learning rate on the predictive circuit: the forward pass overflows
+    model = cl.compile(cl.load(ROOT / "examples" / "predictive_coding.circ"), {"optimizer.lr": 50.0})
+    with pytest.raises(cl.CircuitRuntimeError, match=r"population `h\d` became non-finite") as info:
+        train(model, digits, 2, progress=False)
+    assert info.value.span.line >= 1 and "lower the learning rates" in str(info.value)

@@ -195,6 +195,7 @@ class Relaxer:
             Diagnostic(
                 f"the state of population `{name}` became non-finite (NaN or inf) in phase `{phase.name}`",
                 pop.span,
+                "the weights grew too large: lower the learning rates" if phase.forward else
                 f"the dynamics diverged: lower `dt` (now {phase.dt:g}) or the learning rates, or check the initial weights",
             ),
             self.source,
