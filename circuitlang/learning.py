@@ -40,6 +40,9 @@ def check_method(model, method: str) -> None:
         raise CircuitError(f"unknown estimator `{method}`{extra}; choose one of: {', '.join(METHODS)}")
     if method in ("one_sided", "random_sign", "symmetric", "holomorphic", "chl") and model.nudge_phase is None:
         raise CircuitError(f"estimator `{method}` needs a second (nudged) phase in the `learn` block")
+    if getattr(model.fns, "vector_field", False) and method in ("holomorphic", "chl"):
+        raise CircuitError(f"estimator `{method}` needs an energy; for `dynamics leaky` use one_sided, "
+                           "random_sign, symmetric, gradient or bptt")
     if method == "holomorphic" and _points(model) > 2:
         bad = _non_analytic(model)
         if bad:
@@ -114,6 +117,13 @@ def _contrast(model, params, a, b, x, xa=None, xb=None):
     return jax.grad(diff)(params)
 
 
+def _vf_update(model, params, a, b, s0, x):
+    """Vector-field EqProp (Scellier et al. 2018): −(s_post^a − s_post^b) ρ(s_pre^0)ᵀ per weight."""
+    free = model.free
+    delta = {n: a[n] - b[n] for n in free}
+    return jax.grad(lambda p: model.fns.update_potential(p, delta, {n: s0[n] for n in free}, x))(params)
+
+
 def _finish(model, grads, scale):
     return {
         n: (g * scale if model.trainable[n] else jnp.zeros_like(g)) for n, g in grads.items()
@@ -148,6 +158,15 @@ def _estimate(model, params, x, y, method, beta, key, s0, free):
     if method == "gradient":
         return _implicit(model, params, x, y, free)
     beta = model.nudge_phase.beta if beta is None else beta
+    if getattr(model.fns, "vector_field", False):
+        if method == "random_sign":
+            beta = beta * (2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0)
+        if method == "symmetric":
+            plus = _nudge(model, params, x, free, beta, y)
+            minus = _nudge(model, params, x, free, -beta, y)
+            return _finish(model, _vf_update(model, params, plus, minus, free, x), 1.0 / (2.0 * beta * B))
+        nudged = _nudge(model, params, x, free, beta, y)
+        return _finish(model, _vf_update(model, params, nudged, free, free, x), 1.0 / (beta * B))
     if method in ("one_sided", "random_sign"):
         if method == "random_sign":
             beta = beta * (2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0)
@@ -208,6 +227,10 @@ def _residual(model, params, x, u):
     """G(u, θ) = 0 at the free fixed point: ∂E/∂s; u − P(u − ∂E/∂s) with state bounds
     (P the projection); u − P(ρ(−∂Φ/∂r)) in the prototypical form."""
     fns = model.fns
+    if getattr(fns, "vector_field", False):  # G = −ds/dt, projected with state bounds
+        f = fns.force(u, params, x)
+        target = fns.project({n: u[n] + f[n] for n in u})
+        return {n: u[n] - target[n] for n in u}
     if _proto(model):
         g = jax.grad(lambda s: fns.energy(s, params, x, None, leak=False, rates_are_states=True))(u)
         target = fns.project({n: fns.act[n](-g[n]) for n in u})

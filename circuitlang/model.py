@@ -24,6 +24,7 @@ from .circuit import Circuit
 from .errors import CircuitError, Diagnostic
 from .graph import PhaseSpec
 from .lower.energy import EnergyFunctions
+from .lower.vectorfield import VectorFieldFunctions
 from .lower.exprs import Evaluator
 from .lower.relax import Relaxation, Relaxer
 
@@ -45,7 +46,8 @@ class Model:
         self.circuit = circ
         spec = circ.spec
         self.spec = spec
-        if spec.energy is None:
+        vector_field = spec.energy is None and spec.dynamics is not None and not spec.neuron_types
+        if spec.energy is None and not vector_field:
             types = list(spec.neuron_types.values())
             where = spec.dynamics.span if spec.dynamics else (types[0].span if types else None)
             raise CircuitError(
@@ -58,7 +60,8 @@ class Model:
                 circ.source,
             )
         self.ev = Evaluator(spec.functions, spec.params, jnp)
-        self.fns = EnergyFunctions(spec, circ.populations, circ.connections, self.ev)
+        functions = VectorFieldFunctions if vector_field else EnergyFunctions
+        self.fns = functions(spec, circ.populations, circ.connections, self.ev)
         self.relaxer = Relaxer(self.fns, circ.graph, circ.source)
         self.inputs = self.fns.clamped
         self.free = self.fns.free
@@ -78,6 +81,12 @@ class Model:
             name: (name.endswith(".bias") or circ.weights[name].plasticity == "plastic") for name in self.shapes
         }
         for p in phases:
+            if p.integrator == "prototypical" and vector_field:
+                raise CircuitError(
+                    Diagnostic(f"phase `{p.name}`: the prototypical step needs an energy", p.span,
+                               "use `integrator euler` (the default) with `dynamics leaky`"),
+                    circ.source,
+                )
             if p.integrator == "prototypical" and "predictive" in self.fns.presets:
                 raise CircuitError(
                     Diagnostic(

@@ -100,9 +100,13 @@ class Relaxer:
     def trajectory(self, phase: PhaseSpec, params, x, s0, beta=None, y=None):
         """Every step of a phase: ({population: (steps + 1, batch, size)}, energy (steps + 1, batch))."""
         fns = self.fns
-        per_example = jax.vmap(
-            lambda s1, x1: fns.energy({k: v[None] for k, v in s1.items()}, params, {k: v[None] for k, v in x1.items()}),
-        )
+        if getattr(fns, "vector_field", False):  # no energy: record zeros
+            def per_example(s1, x1):
+                return jnp.zeros(next(iter(x1.values())).shape[:1])
+        else:
+            per_example = jax.vmap(
+                lambda s1, x1: fns.energy({k: v[None] for k, v in s1.items()}, params, {k: v[None] for k, v in x1.items()}),
+            )
         if phase.forward:
             end = self.forward(params, x, s0)
             states = [dict(s0), end]
@@ -135,6 +139,10 @@ class Relaxer:
         fns = self.fns
         dt = phase.dt
         proto = phase.integrator == "prototypical"
+        if getattr(fns, "vector_field", False):
+            return lambda s: fns.project(
+                {n: v + dt * f for (n, v), f in zip(s.items(), fns.force(s, params, x, drives, beta, y).values())}
+            )
 
         def total(s):
             E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto)
