@@ -158,9 +158,9 @@ def _estimate(model, params, x, y, method, beta, key, s0, free):
     if method == "gradient":
         return _implicit(model, params, x, y, free)
     beta = model.nudge_phase.beta if beta is None else beta
+    if method == "random_sign":  # one_sided with β's sign drawn per batch
+        beta = beta * (2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0)
     if getattr(model.fns, "vector_field", False):
-        if method == "random_sign":
-            beta = beta * (2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0)
         if method == "symmetric":
             plus = _nudge(model, params, x, free, beta, y)
             minus = _nudge(model, params, x, free, -beta, y)
@@ -168,8 +168,6 @@ def _estimate(model, params, x, y, method, beta, key, s0, free):
         nudged = _nudge(model, params, x, free, beta, y)
         return _finish(model, _vf_update(model, params, nudged, free, free, x), 1.0 / (beta * B))
     if method in ("one_sided", "random_sign"):
-        if method == "random_sign":
-            beta = beta * (2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0)
         nudged = _nudge(model, params, x, free, beta, y)
         return _finish(model, _contrast(model, params, nudged, free, x), 1.0 / (beta * B))
     if method == "symmetric" or (method == "holomorphic" and _points(model) == 2):
