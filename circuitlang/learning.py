@@ -29,15 +29,16 @@ from .errors import CircuitError, Diagnostic
 
 __all__ = ["estimate", "estimate_with_state", "check_method", "METHODS", "NON_ANALYTIC"]
 
-METHODS = ("one_sided", "random_sign", "symmetric", "holomorphic", "chl", "gradient", "bptt")
+METHODS = ("one_sided", "random_sign", "symmetric", "holomorphic", "chl", "rules", "gradient", "bptt")
 NON_ANALYTIC = frozenset({"clip", "hard_sigmoid", "relu", "abs", "sign", "min", "max", "where"})
 
 
 def check_method(model, method: str) -> None:
     """Raise a clear error when `method` cannot work on this circuit."""
     if method not in METHODS:
-        extra = " (local rules arrive with the directed-circuit compiler)" if method == "rules" else ""
-        raise CircuitError(f"unknown estimator `{method}`{extra}; choose one of: {', '.join(METHODS)}")
+        raise CircuitError(f"unknown estimator `{method}`; choose one of: {', '.join(METHODS)}")
+    if method == "rules" and model.rules is None:
+        raise CircuitError("estimator `rules` needs local rules: write them in `learn rules { ... }`")
     if method in ("one_sided", "random_sign", "symmetric", "holomorphic", "chl") and model.nudge_phase is None:
         raise CircuitError(f"estimator `{method}` needs a second (nudged) phase in the `learn` block")
     if getattr(model.fns, "vector_field", False) and method in ("holomorphic", "chl"):
@@ -135,7 +136,7 @@ def _batch(x) -> int:
 
 
 def _nudge(model, params, x, s_free, beta, y):
-    free = {n: s_free[n] for n in model.free}
+    free = {n: s_free[n] for n in model.state_keys}
     return model.relaxer.run(model.nudge_phase, params, x, free, beta, y).state
 
 
@@ -147,6 +148,8 @@ def estimate(model, params, x, y, method, beta=None, key=None, s0=None) -> dict[
 
 def estimate_with_state(model, params, x, y, method, beta=None, key=None, s0=None):
     """(gradient estimate, free-phase state): training reports loss and accuracy from the latter."""
+    if method == "rules":
+        return _rules(model, params, x, y, s0)
     free = model._free(params, x, s0).state
     return _estimate(model, params, x, y, method, beta, key, s0, free), free
 
@@ -184,6 +187,28 @@ def _estimate(model, params, x, y, method, beta, key, s0, free):
         clamped = model.relaxer.run(model.clamp_phase, params, xc, free_c).state
         return _finish(model, _contrast(model, params, clamped, free, x, xa=xc), 1.0 / B)
     raise CircuitError(f"unknown estimator `{method}`")
+
+
+def _rules(model, params, x, y, s0):
+    """Run the phases in order (each from the end of the last), integrating the rules.
+
+    Returns minus the total update (a gradient estimate) and the first phase's state."""
+    s = model.zeros(x) if s0 is None else dict(s0)
+    total = {k: jnp.zeros_like(v) for k, v in params.items()}
+    first = None
+    for ph in model.learning.phases:
+        beta = ph.beta if ph.beta != 0 else None
+        if ph.steps is None and ph.present is not None:
+            ph = dataclasses.replace(ph, steps=ph.present)
+        if any(r.active(ph.name) for r in model.rules.rules):
+            res, acc = model.rules.run(ph, params, x, s, beta, y)
+            total = {k: total[k] + acc[k] if k in acc else total[k] for k in total}
+        else:
+            res = model.relaxer.run(ph, params, x, s, beta, y)
+        s = {k: res.state[k] for k in model.state_keys}
+        if first is None:
+            first = res.state
+    return _finish(model, {k: -v for k, v in total.items()}, 1.0), first
 
 
 def _holomorphic(model, params, x, y, free, beta, B):
@@ -243,7 +268,7 @@ def _residual(model, params, x, u):
 def _implicit(model, params, x, y, free):
     """dL/dθ = −(∂G/∂θ)ᵀ λ with (∂G/∂u)ᵀ λ = ∂C/∂u, solved densely per example."""
     fns = model.fns
-    names = model.free
+    names = model.state_keys
     u = {n: free[n] for n in names}
     sizes = [u[n].shape[-1] for n in names]
 

@@ -12,6 +12,7 @@ un-jitted versions (`_relax`, `_estimate`, ...) are what `train` scans over.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,9 @@ from .circuit import Circuit
 from .errors import CircuitError, Diagnostic
 from .graph import PhaseSpec
 from .lower.energy import EnergyFunctions
+from .lower.cells import CellFunctions
 from .lower.vectorfield import VectorFieldFunctions
+from .rules import RuleProgram
 from .lower.exprs import Evaluator
 from .lower.relax import Relaxation, Relaxer
 
@@ -46,30 +49,51 @@ class Model:
         self.circuit = circ
         spec = circ.spec
         self.spec = spec
-        vector_field = spec.energy is None and spec.dynamics is not None and not spec.neuron_types
-        if spec.energy is None and not vector_field:
-            types = list(spec.neuron_types.values())
-            where = spec.dynamics.span if spec.dynamics else (types[0].span if types else None)
+        typed = any(p.cell_type for p in circ.populations.values())
+        learn = spec.learning
+        rules = bool(learn and (learn.estimator or learn.method) == "rules")
+        prospective = bool(learn and learn.prospective)
+        if spec.energy is not None and typed:
+            pop = next(p for p in circ.populations.values() if p.cell_type)
             raise CircuitError(
                 Diagnostic(
-                    "only energy circuits (`energy ...`) can be compiled so far; vector-field and "
-                    "cell-type dynamics arrive with the directed-circuit compiler",
-                    where,
-                    "track issue #4 (directed and compartmental circuits)",
+                    f"`{pop.name}` has cell type `{pop.cell_type}` with its own equations, but the circuit "
+                    "also has an energy (whose gradient would be the dynamics)",
+                    pop.span,
+                    f"remove the energy at line {spec.energy.span.line}, or the cell type",
                 ),
                 circ.source,
             )
+        vector_field = spec.energy is None and (spec.dynamics is not None or typed)
+        if spec.energy is None and not vector_field:
+            raise CircuitError(
+                Diagnostic("nothing says how the states evolve", None,
+                           "add `energy ...`, `dynamics leaky`, or give populations a cell type"),
+                circ.source,
+            )
         self.ev = Evaluator(spec.functions, spec.params, jnp)
-        functions = VectorFieldFunctions if vector_field else EnergyFunctions
+        if vector_field and (typed or rules or prospective):
+            functions = CellFunctions
+        else:
+            functions = VectorFieldFunctions if vector_field else EnergyFunctions
         self.fns = functions(spec, circ.populations, circ.connections, self.ev)
-        self.relaxer = Relaxer(self.fns, circ.graph, circ.source)
+        self.relaxer = Relaxer(self.fns, circ.graph, circ.source, prospective=prospective)
         self.inputs = self.fns.clamped
         self.free = self.fns.free
-        learn = spec.learning
+        self.state_keys = getattr(self.fns, "state_keys", self.fns.free)
         self.learning = learn
         phases = learn.phases if learn else (DEFAULT_FREE,)
+        self.streaming = next((p for p in phases if p.present is not None and p.steps is None), None)
+        if self.streaming is not None:  # evaluation relaxes with the stream's dynamics, un-nudged
+            phases = tuple(
+                dataclasses.replace(p, steps=p.present) if p.steps is None and p.present is not None else p
+                for p in phases
+            )
+            self.streaming = phases[[p.name for p in phases].index(self.streaming.name)]
         self.phases = {p.name: p for p in phases}
         self.free_phase = phases[0]
+        if self.free_phase.beta != 0:  # a single always-nudged (streaming) phase: relax un-nudged
+            self.free_phase = dataclasses.replace(self.free_phase, beta=0.0)
         nudged = [p for p in phases[1:] if p.beta != 0]
         clamped = [p for p in phases[1:] if p.clamp]
         later = phases[1] if len(phases) > 1 else None
@@ -98,6 +122,7 @@ class Model:
                     circ.source,
                 )
         self._jit: dict[str, Any] = {}
+        self.rules = RuleProgram(self) if rules else None
 
     # ------------------------------------------------------------ params --
     def init(self, key: Array, dtype: Any = None) -> dict[str, Array]:
@@ -127,8 +152,11 @@ class Model:
     def zeros(self, x: Mapping[str, Array], free: tuple[str, ...] | None = None) -> dict[str, Array]:
         batch = next(iter(x.values())).shape[:-1]
         dtype = next(iter(x.values())).dtype
-        pops = self.fns.pops
-        return {n: jnp.zeros((*batch, pops[n].size), dtype) for n in (free or self.free)}
+        return {n: jnp.zeros((*batch, self.size_of(n)), dtype) for n in (free or self.state_keys)}
+
+    def size_of(self, key: str) -> int:
+        """Size of a state key: a population, or `pop.var` for a cell's other state variables."""
+        return self.fns.pops[key.split(".")[0]].size
 
     # ------------------------------------------------------------- raw fns --
     def _free(self, params, x, s0=None, phase: PhaseSpec | None = None) -> Relaxation:
@@ -182,7 +210,8 @@ class Model:
         """An estimate of dLoss/dparams, shaped like `params` (optax convention).
 
         `method`: one_sided, random_sign, symmetric, holomorphic, chl,
-        gradient (implicit differentiation) or bptt; default: the file's.
+        gradient (implicit differentiation), bptt, or rules (the file's local
+        rules: minus their total update); default: the file's.
         """
         method = method or self.method
         learning.check_method(self, method)

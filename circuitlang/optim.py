@@ -17,9 +17,10 @@ import optax
 
 from .graph import OptimizerSpec
 
-__all__ = ["make_optimizer", "DEFAULT_LR"]
+__all__ = ["make_optimizer", "DEFAULT_LR", "RULES_LR"]
 
 DEFAULT_LR = 0.01
+RULES_LR = 1.0  # `learn rules`: the rules' own constants set the step; SGD applies them as written
 
 
 def _schedule(spec: OptimizerSpec | None, lr: float, total_steps: int):
@@ -55,9 +56,9 @@ def _one(spec: OptimizerSpec | None, lr: float, total_steps: int) -> optax.Gradi
 
 
 def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
-                   total_steps: int) -> optax.GradientTransformation:
+                   total_steps: int, default_lr: float = DEFAULT_LR) -> optax.GradientTransformation:
     """One optax transformation for the whole params dict."""
-    base = spec.lr if (spec and spec.lr is not None) else DEFAULT_LR
+    base = spec.lr if (spec and spec.lr is not None) else default_lr
     per = dict(spec.lr_per_param) if spec else {}
     transforms = {}
     labels = {}

@@ -428,7 +428,11 @@ class _ToSyntax:
 
     @_rule
     def for_clause(self, meta, kids):
-        return kids[0]
+        return tuple(kids)
+
+    @_rule
+    def for_target(self, meta, kids):
+        return S.Ident(".".join(str(k) for k in kids if k is not None), self._span(meta))
 
     @_rule
     def during(self, meta, kids):

@@ -43,7 +43,7 @@ from jax import lax
 from . import __version__, learning
 from .errors import CircuitError
 from .model import Model
-from .optim import make_optimizer
+from .optim import DEFAULT_LR, RULES_LR, make_optimizer
 
 __all__ = ["TrainResult", "train", "evaluate", "save_params", "load_params"]
 
@@ -129,7 +129,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             g, free = learning.estimate_with_state(model, params, xs, y, method, None, k, s0)
             updates, opt_state = opt.update(g, opt_state, params)
             params = optax.apply_updates(params, updates)
-            fs = {p: free[p] for p in model.free}
+            fs = {p: free[p] for p in model.state_keys}
             if P:
                 P = {p: v.at[i].set(fs[p]) for p, v in P.items()}
             loss = model.fns.cost(fs, y) / batch
@@ -143,6 +143,35 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
 
+def _make_stream_epoch(model: Model, n: int, batch: int, classify: bool, shard: Callable):
+    """The jitted epoch of a streaming phase (`present N`): `batch` parallel streams
+    see the shuffled training set, each sample for N steps, with no reset between
+    samples (`P` carries the streams' state across batches and epochs), and the
+    rules change the weights at every step. `opt_state` passes through."""
+    nb = n // batch
+    phase = model.streaming
+    beta = phase.beta if phase.beta != 0 else None
+
+    def epoch(params, opt_state, key, X, Y, labels, P):
+        idx = jax.random.permutation(key, n)[: nb * batch].reshape(nb, batch)
+
+        def body(carry, i):
+            params, S = carry
+            xs = model.as_inputs(shard(X[i]))
+            y = shard(Y[i])
+            res, params = model.rules.run(phase, params, xs, S, beta, y, stream=True)
+            S = {k: res.state[k] for k in model.state_keys}
+            loss = model.fns.cost(S, y) / batch
+            out = model.fns.readout(res.state)
+            correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
+            return (params, S), (loss, correct)
+
+        (params, P), (loss, correct) = lax.scan(body, (params, P), idx)
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P
+
+    return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
+
+
 def _make_eval(model: Model, n: int, chunk: int, classify: bool):
     """The jitted evaluation: (params, X, Y, labels, P) -> (loss, accuracy, P), in chunks."""
     chunk = max(1, min(chunk, n))
@@ -151,7 +180,7 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool):
     def part(params, X, Y, labels, P):
         free = model._free(params, model.as_inputs(X), P or None).state
         out = model.fns.readout(free)
-        fs = {p: free[p] for p in model.free}
+        fs = {p: free[p] for p in model.state_keys}
         loss = model.fns.cost(fs, Y)
         correct = jnp.sum(jnp.argmax(out, -1) == labels) if classify else jnp.asarray(0)
         return loss, correct, ({p: fs[p] for p in P} if P else {})
@@ -178,7 +207,7 @@ def _particles(model: Model, n: int, dtype) -> dict[str, Any]:
     """Zero initial states for persistent particles (empty when the file does not ask for them)."""
     if not (model.learning and model.learning.persistent):
         return {}
-    return {p: jnp.zeros((n, model.fns.pops[p].size), dtype) for p in model.free}
+    return {p: jnp.zeros((n, model.size_of(p)), dtype) for p in model.state_keys}
 
 
 def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000) -> dict[str, float]:
@@ -235,8 +264,13 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     _check_sizes(model, data)
     classify = data.n_classes is not None
     nb = n // batch
-    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb)
-    epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices))
+    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb,
+                         RULES_LR if learn.method == "rules" else DEFAULT_LR)
+    stream = model.streaming is not None and method == "rules"
+    if stream:
+        epoch_fn, _ = _make_stream_epoch(model, n, batch, classify, _sharding(devices))
+    else:
+        epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices))
     eval_fn = _make_eval(model, len(data.x_test), 1000, classify) if len(data.x_test) else None
 
     X = jnp.asarray(data.x_train)
@@ -249,8 +283,12 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     dtype = X.dtype
     params = model.init(jax.random.fold_in(jax.random.key(seed), 10**6), dtype)
     opt_state = opt.init(params)
-    P = _particles(model, n, dtype)
-    Pt = _particles(model, len(data.x_test), dtype)
+    if stream:  # the streams' state, carried from sample to sample
+        P = {p: jnp.zeros((batch, model.size_of(p)), dtype) for p in model.state_keys}
+        Pt = {}
+    else:
+        P = _particles(model, n, dtype)
+        Pt = _particles(model, len(data.x_test), dtype)
     history: list[dict[str, float]] = []
     start = 0
     out_dir = Path(out) if out is not None else None

@@ -55,8 +55,9 @@ jax.tree_util.register_dataclass(Relaxation, data_fields=["state", "steps", "cod
 class Relaxer:
     """Runs phases of one energy circuit."""
 
-    def __init__(self, fns: EnergyFunctions, graph: nx.MultiDiGraph, source=None) -> None:
+    def __init__(self, fns: EnergyFunctions, graph: nx.MultiDiGraph, source=None, prospective: bool = False) -> None:
         self.fns = fns
+        self.prospective = prospective
         self.graph = graph
         self.source = source  # for error excerpts
         order_graph = nx.DiGraph()
@@ -140,19 +141,31 @@ class Relaxer:
         dt = phase.dt
         proto = phase.integrator == "prototypical"
         if getattr(fns, "vector_field", False):
-            return lambda s: fns.project(
-                {n: v + dt * f for (n, v), f in zip(s.items(), fns.force(s, params, x, drives, beta, y).values())}
-            )
+            if self.prospective and hasattr(fns, "lookahead"):
+                def vf_force(s):
+                    rates = fns.lookahead(s, params, x, drives, beta, y)
+                    return fns.force(s, params, x, drives, beta, y, rates=rates)
+            else:
+                def vf_force(s):
+                    return fns.force(s, params, x, drives, beta, y)
+            return lambda s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), vf_force(s).values())})
 
-        def total(s):
-            E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto)
+        def total(s, shift=None):
+            E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto, shift=shift)
             if beta is not None:
                 E = E + beta * fns.cost(s, y)
             return E
 
+        def gradient(s, holo):
+            g = jax.grad(total, holomorphic=holo)(s)
+            if not self.prospective:
+                return g
+            # latent equilibrium: rates look ahead to s + τ ds/dt = s − ∂E/∂s
+            return jax.grad(lambda u: total(u, {n: -g[n] for n in g}), holomorphic=holo)(s)
+
         def step(s):
             holo = any(jnp.iscomplexobj(v) for v in s.values())
-            g = jax.grad(total, holomorphic=holo)(s)
+            g = gradient(s, holo)
             if proto:
                 target = {n: fns.act[n](-g[n]) for n in s}
                 if dt != 1.0:

@@ -1,0 +1,175 @@
+"""Cell-type circuits: populations whose neurons follow their own ODEs.
+
+    neuron pyramidal {
+      compartment basal
+      compartment apical
+      tau * ds/dt = -s + basal + apical
+    }
+
+A **compartment** is an input site: its value is the summed drive of the
+connections into it, ``Σ ± W ρ(pre)`` (one-to-one ones ``gain · w ⊙ ρ(pre)``).
+The cell's equations read compartments, its own state variables, `let`
+values defined above them, params and `t`; each ``tau * dX/dt = rhs`` gives
+``dX/dt = rhs / tau``. Populations without a cell type in the same circuit
+are leaky: ``tau ds/dt = −s + Σ_in W ρ(pre) + b``.
+
+* The **main state** of a population is its `s` (or the cell's first state
+  variable): its rate ρ(s) is what connections carry, and the cost reads it.
+  Other state variables live in the state dict as ``"pop.var"``.
+* A **bias** adds to the cell's first compartment (the soma of a leaky one).
+* The **nudge** ``−β ∂C/∂s`` of an output enters its `apical` compartment
+  when the cell has one (so rules see it as ``post.apical``), otherwise it is
+  added to ``tau ds/dt`` of the main state.
+
+The class shares costs, bounds, drives and the generalized EqProp update
+with `VectorFieldFunctions` (these circuits have no energy either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .energy import weights_of
+from .vectorfield import VectorFieldFunctions
+
+__all__ = ["CellFunctions", "NUDGE_COMPARTMENT"]
+
+Array = Any
+NUDGE_COMPARTMENT = "apical"
+
+
+class CellFunctions(VectorFieldFunctions):
+    """The ODEs of a circuit with cell types, as pure JAX functions."""
+
+    vector_field = True
+
+    def __init__(self, spec, pops, edges, ev) -> None:
+        super().__init__(spec, pops, edges, ev)
+        self.types = dict(spec.neuron_types)
+        self.main: dict[str, str] = {}
+        keys: list[str] = []
+        for n in self.free:
+            pop = self.pops[n]
+            main = "s" if "s" in pop.state else pop.state[0]
+            self.main[n] = main
+            keys.append(n)
+            keys.extend(f"{n}.{v}" for v in pop.state if v != main)
+        self.state_keys = tuple(keys)
+
+    # ---------------------------------------------------------------- sizes --
+    def size_of(self, key: str) -> int:
+        return self.pops[key.split(".")[0]].size
+
+    def first_compartment(self, n: str) -> str:
+        return self.pops[n].compartments[0]
+
+    # --------------------------------------------------------------- drives --
+    def drives(self, params, x):
+        """Loop-invariant compartment inputs from clamped populations: {(post, comp): value}."""
+        w = weights_of(self.edges, params)
+        out: dict[tuple[str, str], Array] = {}
+        for e in self.edges:
+            if e.pre in x and e.post not in x:
+                v = self._predict(e, w, self.act[e.pre](x[e.pre]))
+                key = (e.post, e.compartment)
+                out[key] = out[key] + v if key in out else v
+        return out
+
+    def compartments(self, s, params, x, drives=None, rates=None) -> dict[tuple[str, str], Array]:
+        """The summed drive of every (population, compartment) that receives one, biases included."""
+        w = weights_of(self.edges, params)
+        full = {**x, **{n: s[n] for n in self.free if n in s}}
+        if rates is None:
+            rates = {n: self.act[n](v) for n, v in full.items()}
+        out: dict[tuple[str, str], Array] = dict(drives) if drives is not None else {}
+        for e in self.edges:
+            if e.post not in s:
+                continue
+            if drives is not None and e.pre in x:
+                continue
+            v = self._predict(e, w, rates[e.pre])
+            key = (e.post, e.compartment)
+            out[key] = out[key] + v if key in out else v
+        for n in self.biased:
+            if n in s:
+                key = (n, self.first_compartment(n))
+                b = params[f"{n}.bias"][None, :]
+                out[key] = out[key] + b if key in out else b
+        return out
+
+    # ---------------------------------------------------------------- force --
+    def force(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, rates=None,
+              observe: bool = False):
+        """d(state)/dt for every state key (in `s`'s order); with `observe`, also
+        {population: {compartment: value}} as the equations saw them."""
+        f, seen, _ = self.evaluate(s, params, x, drives, beta, y, t=t, rates=rates)
+        return (f, seen) if observe else f
+
+    def lookahead(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0) -> dict[str, Array]:
+        """Prospective rates ρ(s + τ ds/dt) of every population (inputs: ρ(x))."""
+        _, _, ahead = self.evaluate(s, params, x, drives, beta, y, t=t)
+        full = {**x, **{n: jax.lax.stop_gradient(ahead[n]) for n in self.free}}
+        return {n: self.act[n](v) for n, v in full.items()}
+
+    def evaluate(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, rates=None):
+        """(ds/dt by state key, compartments by population, s + τ ds/dt by population)."""
+        comps = self.compartments(s, params, x, drives, rates)
+        extra: dict[str, Array] = {}
+        if beta is not None:
+            mains = {n: s[n] for n in self.free}
+            g = jax.grad(lambda u: self.cost(u, y))(mains)
+            for c in self.costs:
+                n = c.population
+                current = -beta * g[n]
+                if self.pops[n].cell_type and NUDGE_COMPARTMENT in self.pops[n].compartments:
+                    key = (n, NUDGE_COMPARTMENT)
+                    comps[key] = comps[key] + current if key in comps else current
+                else:
+                    extra[n] = current
+        f: dict[str, Array] = {}
+        ahead: dict[str, Array] = {}
+        seen: dict[str, dict[str, Array]] = {}
+        for n in self.free:
+            pop = self.pops[n]
+            zero = jnp.zeros_like(s[n])
+            own = {c: comps.get((n, c), zero) for c in pop.compartments}
+            seen[n] = own
+            if pop.cell_type is None:
+                rhs = own[pop.compartments[0]] - s[n]
+                if n in extra:
+                    rhs = rhs + extra[n]
+                f[n] = rhs / pop.tau
+                ahead[n] = s[n] + rhs
+                continue
+            nt = self.types[pop.cell_type]
+            env: dict[str, Array] = dict(own)
+            for var in pop.state:
+                env[var] = s[n] if var == self.main[n] else s[f"{n}.{var}"]
+            env["t"] = t
+            for name, expr in nt.lets:
+                env[name] = self.ev.eval(expr, env)
+            for ode in nt.odes:
+                rhs = self.ev.eval(ode.rhs, env)
+                key = n if ode.state == self.main[n] else f"{n}.{ode.state}"
+                if key == n and n in extra:
+                    rhs = rhs + extra[n]
+                tau = self.ev.eval(ode.tau, env) if ode.tau is not None else 1.0
+                f[key] = jnp.broadcast_to(rhs / tau, s[key].shape).astype(s[key].dtype)
+                if key == n:
+                    ahead[n] = s[n] + rhs
+        return {k: f[k] for k in s}, seen, ahead
+
+    def net_input(self, s, params, x, drives=None) -> dict[str, Array]:
+        """μ per free population: the sum of its compartments (what its inputs predict)."""
+        comps = self.compartments(s, params, x, drives)
+        out: dict[str, Array] = {}
+        for (n, _), v in comps.items():
+            out[n] = out[n] + v if n in out else v
+        return out
+
+    def update_potential(self, params, delta: Mapping[str, Array], s0, x) -> Array:
+        return super().update_potential(params, {n: delta[n] for n in self.free if n in delta}, s0, x)
