@@ -72,8 +72,8 @@ class EnergyFunctions:
         """Clip states with `min=`/`max=` bounds (projected dynamics); others unchanged."""
         out = dict(s)
         for n, v in s.items():
-            pop = self.pops[n]
-            if (pop.lo is not None or pop.hi is not None) and not jnp.iscomplexobj(v):
+            pop = self.pops.get(n)  # a cell's other state variables (`h.a`) are unbounded
+            if pop is not None and (pop.lo is not None or pop.hi is not None) and not jnp.iscomplexobj(v):
                 out[n] = jnp.clip(v, pop.lo, pop.hi)
         return out
 

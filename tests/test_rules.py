@@ -1,0 +1,284 @@
+"""Cell types and local rules (`learn rules`), against independent oracles.
+
+* the STDP-like rule d(ρ(post.s))/dt ρ(pre.s), summed over both ends of each
+  undirected coupling and integrated over the nudged phase, equals the
+  one-sided EqProp update (Bengio et al. 2017);
+* a cell circuit with two state variables, `let` values, compartments and
+  rules (named populations, `d()/dt`, `rho'`, a synaptic decay) against a
+  per-synapse NumPy simulation (batch × post × pre loops);
+* rules lower to matmuls: no intermediate of the jaxpr has batch × post × pre
+  elements; a rule that cannot be factored is a located compile error.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import circuitlang as cl
+from circuitlang.errors import CircuitError
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+def _batch(n_in, n_out, B=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (B, n_in))
+    y = np.eye(n_out)[rng.integers(0, n_out, B)]
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+# ------------------------------------------------------------------ STDP --
+def test_stdp_rule_integrates_to_one_sided_eqprop():
+    model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))
+    params = model.init(jax.random.key(0), jnp.float64)
+    params = {k: v + 0.1 * jax.random.normal(jax.random.key(1), v.shape) for k, v in params.items()}
+    x, y = _batch(64, 10, B=8)
+    rules = model.estimate(params, x, y, method="rules")
+    eqprop = model.estimate(params, x, y, method="one_sided")
+    for name, lr in (("W1", 0.2), ("W2", 0.1), ("h.bias", 0.1), ("y.bias", 0.1)):
+        want = lr * eqprop[name]
+        err = float(jnp.linalg.norm(rules[name] - want) / jnp.linalg.norm(want))
+        assert err <= 1e-3, (name, err)
+        assert float(jnp.linalg.norm(want)) > 1e-3  # not trivially zero
+
+
+def test_stdp_without_symmetrisation_is_not_eqprop():
+    """The telescoping needs both ends as `post`: a directed reading misses half the product rule."""
+    src = (ROOT / "examples" / "stdp_eqprop.circ").read_text()
+    model = cl.compile(cl.loads(src, "stdp.circ"))
+    params = model.init(jax.random.key(0), jnp.float64)
+    x, y = _batch(64, 10)
+    full = model.estimate(params, x, y, method="rules")["W2"]
+    rule = next(r for r in model.rules.rules if r.target == "W2")
+    assert len(rule.orientations) == 2  # `y -- h`: y as post, then h as post (transposed)
+
+
+# ------------------------------------------------------- numpy reference --
+CELLS = """
+circuit Cells
+param tau = 2.0
+param eta = 0.3
+param lam = 0.05
+fn rho(x) = tanh(x)
+
+neuron adaptive {
+  compartment basal
+  compartment apical
+  drive = basal + 0.5 * apical
+  tau * ds/dt = -s + drive - a
+  da/dt = 0.2 * (s - a)
+}
+
+population x [3] input
+population h : adaptive [4]
+population y [2] output
+
+x -> h.basal : W1
+h -> y : W2
+y -> h.apical : B fixed
+bias h
+
+cost y squared
+
+learn rules {
+  phase free  { steps 30; dt 0.1 }
+  phase nudge { steps 20; dt 0.1; beta 0.5 }
+  during nudge: dW1/dt = eta * post.apical * rho'(post.s) * rho(pre.s) - lam * W1
+  during nudge: dW2/dt = eta / beta * d(post.s)/dt * rho(pre.s)
+  always: dh.bias/dt = 0.1 * (post.a - post.s)
+}
+"""
+
+
+def _numpy_cells(params, x, y, spec):
+    """Per-synapse Euler simulation of CELLS, with explicit loops for every synapse."""
+    W1, W2, B, b = (np.asarray(params[k]) for k in ("W1", "W2", "B", "h.bias"))
+    tau, eta, lam = 2.0, 0.3, 0.05
+    rho = np.tanh
+
+    def drho(v):
+        return 1 - np.tanh(v) ** 2
+
+    Bn = x.shape[0]
+    s = np.zeros((Bn, 4))
+    a = np.zeros((Bn, 4))
+    yv = np.zeros((Bn, 2))
+
+    def force(s, a, yv, beta):
+        basal = rho(x) @ W1.T + b
+        apical = rho(yv) @ B.T
+        f_s = (-s + basal + 0.5 * apical - a) / tau
+        f_a = 0.2 * (s - a)
+        f_y = -yv + rho(s) @ W2.T + (beta * (y - yv) if beta else 0.0)
+        return f_s, f_a, f_y, apical
+
+    total = {k: np.zeros_like(np.asarray(params[k])) for k in ("W1", "W2", "h.bias")}
+    for name, steps, dt, beta in (("free", 30, 0.1, 0.0), ("nudge", 20, 0.1, 0.5)):
+        for _ in range(steps):
+            f_s, f_a, f_y, ap0 = force(s, a, yv, beta)
+            s1, a1, y1 = s + dt * f_s, a + dt * f_a, yv + dt * f_y
+            ap1 = force(s1, a1, y1, beta)[3]
+            dW1 = np.zeros_like(W1)
+            dW2 = np.zeros_like(W2)
+            for n in range(Bn):
+                for i in range(4):
+                    for j in range(3):
+                        p0 = eta * ap0[n, i] * drho(s[n, i]) * rho(x[n, j])
+                        p1 = eta * ap1[n, i] * drho(s1[n, i]) * rho(x[n, j])
+                        dW1[i, j] += 0.5 * (p0 + p1) / Bn
+                for i in range(2):
+                    for j in range(4):
+                        dW2[i, j] += eta / beta * (y1[n, i] - yv[n, i]) / dt * 0.5 * (rho(s[n, j]) + rho(s1[n, j])) / Bn if beta else 0.0
+            if name == "nudge":
+                total["W1"] += dt * (dW1 - lam * W1)
+                total["W2"] += dt * dW2
+            total["h.bias"] += dt * 0.1 * np.mean(0.5 * ((a - s) + (a1 - s1)), axis=0)
+            s, a, yv = s1, a1, y1
+    return {k: -v for k, v in total.items()}, s, a
+
+
+def test_cell_rules_match_per_synapse_numpy():
+    model = cl.compile(cl.loads(CELLS, "cells.circ"))
+    assert model.state_keys == ("h", "h.a", "y")
+    params = model.init(jax.random.key(3), jnp.float64)
+    params = {k: v + 0.3 * jax.random.normal(jax.random.key(4), v.shape) for k, v in params.items()}
+    x, y = _batch(3, 2, B=5, seed=1)
+    got = model.estimate(params, x, y, method="rules")
+    want, s, a = _numpy_cells(params, np.asarray(x), np.asarray(y), model.spec)
+    for k in ("W1", "W2", "h.bias"):
+        np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    assert not np.any(np.asarray(got["B"]))  # fixed: no update
+    assert float(np.abs(want["W2"]).max()) > 1e-4
+
+
+def test_cell_free_phase_matches_numpy():
+    model = cl.compile(cl.loads(CELLS, "cells.circ"))
+    params = model.init(jax.random.key(3), jnp.float64)
+    x, y = _batch(3, 2, B=5, seed=1)
+    st = model.relax(params, x)
+    # the numpy reference's first 30 steps are the free phase
+    W1, W2, B, b = (np.asarray(params[k]) for k in ("W1", "W2", "B", "h.bias"))
+    xs = np.asarray(x)
+    s, a, yv = np.zeros((5, 4)), np.zeros((5, 4)), np.zeros((5, 2))
+    for _ in range(30):
+        basal = np.tanh(xs) @ W1.T + b
+        apical = np.tanh(yv) @ B.T
+        s, a, yv = (s + 0.1 * (-s + basal + 0.5 * apical - a) / 2.0,
+                    a + 0.1 * 0.2 * (s - a),
+                    yv + 0.1 * (-yv + np.tanh(s) @ W2.T))
+    np.testing.assert_allclose(np.asarray(st["h"]), s, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(st["h.a"]), a, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(st["y"]), yv, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------- outer products --
+def _all_shapes(jaxpr):
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            yield tuple(getattr(v.aval, "shape", ()))
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    yield from _all_shapes(getattr(inner, "jaxpr", inner))
+
+
+@pytest.mark.parametrize("example", ["stdp_eqprop", "mirror_interneurons"])
+def test_rules_never_build_batch_by_post_by_pre(example):
+    model = cl.compile(cl.load(ROOT / "examples" / f"{example}.circ"))
+    B = 7
+    n_in = model.fns.pops[model.inputs[0]].size
+    n_out = model.fns.pops[model.spec.costs[0].population].size
+    x, y = jnp.zeros((B, n_in)), jnp.zeros((B, n_out))
+    params = model.init(jax.random.key(0))
+    jaxpr = jax.make_jaxpr(lambda p: model._estimate(p, x, y, "rules"))(params).jaxpr
+    smallest = min(int(np.prod(s)) for k, s in model.shapes.items() if len(s) == 2)
+    shapes = list(_all_shapes(jaxpr))
+    assert shapes, "no equations found"
+    too_big = [s for s in shapes if int(np.prod(s)) >= B * smallest]
+    assert not too_big, too_big
+    # and the test can fail: a naive per-synapse broadcast would be caught
+    naive = jax.make_jaxpr(lambda a, b: a[:, :, None] * b[:, None, :])(jnp.zeros((B, 5)), jnp.zeros((B, 6))).jaxpr
+    assert any(int(np.prod(s)) >= B * 30 for s in _all_shapes(naive))
+
+
+def _rules_circuit(rule: str) -> str:
+    return f"""
+fn rho(x) = tanh(x)
+population x [3] input
+population h [4]
+population z [5]
+population y [2] output
+x -> h : W1
+h -> y : W2
+h -> z : W3
+dynamics leaky
+cost y squared
+learn rules {{
+  phase free {{ steps 5; dt 0.1 }}
+  phase nudge {{ steps 5; dt 0.1; beta 0.1 }}
+  {rule}
+}}
+"""
+
+
+def test_unfactorable_rule_is_a_located_error():
+    src = _rules_circuit("during nudge: dW1/dt = exp(post.s * pre.s)")
+    with pytest.raises(CircuitError) as err:
+        cl.compile(cl.loads(src, "bad.circ"))
+    text = str(err.value)
+    assert "bad.circ:15:" in text and "post-side" in text and "^" in text
+
+
+def test_population_of_neither_size_is_a_located_error():
+    src = _rules_circuit("during nudge: dW1/dt = z.s * rho(pre.s)")
+    with pytest.raises(CircuitError) as err:
+        cl.compile(cl.loads(src, "bad.circ"))
+    assert "`z.s` has 5 values" in str(err.value) and "bad.circ:15:" in str(err.value)
+
+
+def test_sum_of_products_and_quotients_factor():
+    """(a + b)·c / d expands into two outer products; y.s aligns with W2's post end."""
+    src = _rules_circuit("during nudge: dW2/dt = (post.s + y.target) * (rho(pre.s) - 1) / (1 + post.s ^ 2)")
+    model = cl.compile(cl.loads(src, "ok.circ"))
+    params = model.init(jax.random.key(0), jnp.float64)
+    x, y = _batch(3, 2)
+    g = model.estimate(params, x, y, method="rules")
+    assert np.all(np.isfinite(np.asarray(g["W2"]))) and float(jnp.abs(g["W2"]).max()) > 0
+    assert not np.any(np.asarray(g["W1"]))  # no rule: no update
+
+
+def test_rules_estimator_needs_rules():
+    model = cl.compile(cl.load(ROOT / "examples" / "eqprop_hopfield.circ"))
+    params = model.init(jax.random.key(0))
+    with pytest.raises(CircuitError, match="needs local rules"):
+        model.estimate(params, jnp.zeros((2, 64)), jnp.zeros((2, 10)), method="rules")
+
+
+# -------------------------------------------------------------- training --
+def test_stdp_example_learns_digits_quickly(tmp_path):
+    from circuitlang.data import load
+    from circuitlang.train import train
+
+    jax.config.update("jax_enable_x64", False)
+    try:
+        model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))
+        data = load("digits")
+        result = train(model, data, epochs=2, progress=False)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    last = result.history[-1]
+    assert last["test_accuracy"] > 0.85, last
