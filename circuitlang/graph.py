@@ -74,6 +74,7 @@ class PopulationNode:
     span: Span
     lo: float | None = None  # state bounds: projected dynamics (`min=`, `max=`)
     hi: float | None = None
+    bias_init: "InitSpec | None" = None  # `bias y init=constant(0.5)`; zeros when None
 
 
 @_frozen

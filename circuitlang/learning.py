@@ -149,7 +149,7 @@ def estimate(model, params, x, y, method, beta=None, key=None, s0=None) -> dict[
 def estimate_with_state(model, params, x, y, method, beta=None, key=None, s0=None):
     """(gradient estimate, free-phase state): training reports loss and accuracy from the latter."""
     if method == "rules":
-        return _rules(model, params, x, y, s0)
+        return _rules(model, params, x, y, s0, beta)
     free = model._free(params, x, s0).state
     return _estimate(model, params, x, y, method, beta, key, s0, free), free
 
@@ -189,15 +189,18 @@ def _estimate(model, params, x, y, method, beta, key, s0, free):
     raise CircuitError(f"unknown estimator `{method}`")
 
 
-def _rules(model, params, x, y, s0):
+def _rules(model, params, x, y, s0, beta_override=None):
     """Run the phases in order (each from the end of the last), integrating the rules.
 
-    Returns minus the total update (a gradient estimate) and the first phase's state."""
+    Returns minus the total update (a gradient estimate) and the first phase's state.
+    `beta_override` replaces the β of every nudged phase (for `verify`'s sweeps)."""
     s = model.zeros(x) if s0 is None else dict(s0)
     total = {k: jnp.zeros_like(v) for k, v in params.items()}
     first = None
     for ph in model.learning.phases:
         beta = ph.beta if ph.beta != 0 else None
+        if beta is not None and beta_override is not None:
+            beta = beta_override
         if ph.steps is None and ph.present is not None:
             ph = dataclasses.replace(ph, steps=ph.present)
         if any(r.active(ph.name) for r in model.rules.rules):

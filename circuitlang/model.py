@@ -71,8 +71,21 @@ class Model:
                            "add `energy ...`, `dynamics leaky`, or give populations a cell type"),
                 circ.source,
             )
+        if prospective and (
+            spec.energy is None or set(spec.energy.presets) != {"predictive"} or spec.energy.terms
+            or any(e.kind == "undirected" for e in circ.connections)
+        ):
+            raise CircuitError(
+                Diagnostic(
+                    "`prospective` (latent equilibrium) needs a feed-forward predictive circuit: "
+                    "`energy predictive` with directed connections only",
+                    learn.span,
+                    "use `energy predictive`, or remove `prospective`",
+                ),
+                circ.source,
+            )
         self.ev = Evaluator(spec.functions, spec.params, jnp)
-        if vector_field and (typed or rules or prospective):
+        if vector_field and (typed or rules):
             functions = CellFunctions
         else:
             functions = VectorFieldFunctions if vector_field else EnergyFunctions
@@ -135,7 +148,8 @@ class Model:
         for k, name in zip(keys, names):
             shape = self.shapes[name]
             if name.endswith(".bias"):
-                params[name] = jnp.zeros(shape, dtype)
+                init = self.fns.pops[name[: -len(".bias")]].bias_init
+                params[name] = jnp.zeros(shape, dtype) if init is None else _initialize(init, k, shape, dtype)
                 continue
             params[name] = _initialize(weights[name].init, k, shape, dtype)
         return params

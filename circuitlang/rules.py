@@ -177,6 +177,7 @@ class RuleProgram:
     def update(self, phase: PhaseSpec, params, obs_now, obs_next, beta, t) -> dict[str, Array]:
         """Each target's update rate (dθ/dt) over one step, batch-averaged."""
         w = weights_of(self.fns.edges, params)
+        batch = next(iter(obs_now["state"].values())).shape[0]
         out: dict[str, Array] = {}
         for r in self.rules:
             if not r.active(phase.name):
@@ -187,19 +188,20 @@ class RuleProgram:
                     point: _env(self.model, o, obs, w, r, phase, beta, t + (phase.dt if point == "next" else 0.0))
                     for point, obs in (("now", obs_now), ("next", obs_next))
                 }
-                m = self._terms(o, r, envs, params)
+                m = self._terms(o, r, envs, params, batch)
                 if o.transpose:
                     m = m.T
                 total = m if total is None else total + m
             out[r.target] = out[r.target] + total if r.target in out else total
         return out
 
-    def _terms(self, o: Orientation, r: CompiledRule, envs, params):
+    def _terms(self, o: Orientation, r: CompiledRule, envs, params, B: int):
+        """ΔW of one orientation: per group of terms sharing their pre-side factor,
+        one (B, post)ᵀ (B, pre) product over the batch."""
         ev = self.model.ev
         shape = params[r.target].shape
         if o.transpose:
             shape = shape[::-1]
-        B = self.batch
 
         def value(a: Atom):
             if a.point == "avg":
@@ -242,11 +244,14 @@ class RuleProgram:
         return jnp.broadcast_to(total, shape)
 
     # ---------------------------------------------------------------- run --
-    def run(self, phase: PhaseSpec, params, x, s0, beta=None, y=None, stream: bool = False):
+    def run(self, phase: PhaseSpec, params, x, s0, beta=None, y=None, stream: bool = False,
+            opt=None, opt_state=None):
         """One phase of `phase.steps` Euler steps, integrating the active rules.
 
-        Returns (Relaxation, total update {target: Δθ}) — or, with `stream`,
-        (Relaxation, params after the in-phase updates).
+        Returns (Relaxation, total update {target: Δθ}). With `stream`, the weights
+        change at every step instead: the step's update, as the gradient estimate
+        −dt · rule, goes through the optax transformation `opt` (default: adding it
+        as is), and the result is (Relaxation, params, opt_state).
         """
         model = self.model
         fns = self.fns
@@ -261,29 +266,33 @@ class RuleProgram:
             return _observe(model, s, p, x, beta if nudge else None, y, t, want)
 
         zero = {r.target: jnp.zeros_like(params[r.target]) for r in active}
-        self.batch = next(iter(x.values())).shape[0]
 
         def body(i, carry):
-            s, obs, acc, p = carry
+            s, obs, acc, p, st = carry
             t = i * dt
             new = fns.project({k: s[k] + dt * obs["force"][k] for k in s})
             obs_new = observe(new, p, t + dt)
             upd = self.update(phase, p, obs, obs_new, b, t)
-            if stream:
+            if stream and opt is None:
                 p = {k: (p[k] + dt * upd[k] if k in upd and model.trainable[k] else p[k]) for k in p}
+            elif stream:
+                g = {k: (-dt * upd[k] if k in upd and model.trainable[k] else jnp.zeros_like(v)) for k, v in p.items()}
+                change, st = opt.update(g, st, p)
+                p = {k: p[k] + change[k] for k in p}
             else:
                 acc = {k: acc[k] + dt * upd[k] for k in acc}
-            return new, obs_new, acc, p
+            return new, obs_new, acc, p, st
 
         start = dict(s0)
-        carry = (start, observe(start, params, 0.0), zero, params)
-        s, _, acc, p = lax.fori_loop(0, steps, body, carry)
+        carry = (start, observe(start, params, 0.0), zero, params, opt_state if opt is not None else ())
+        _, last, acc, p, opt_state = lax.fori_loop(0, steps, body, carry)
+        s = last["state"]  # what the circuit shows: s, or ŭ with `prospective`
         code = jnp.asarray(OK)
         for i, n in reversed(list(enumerate(fns.free))):
             if n in s:
                 code = jnp.where(jnp.all(jnp.isfinite(s[n])), code, NONFINITE + i)
         res = Relaxation({**x, **s}, jnp.asarray(steps), code)
-        return (res, p) if stream else (res, acc)
+        return (res, p, opt_state) if stream else (res, acc)
 
 
 # --------------------------------------------------------------- expansion --
@@ -391,26 +400,31 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
     fns = model.fns
     vals: dict[str, Any] = {}
     drives = None
-    prospective = bool(model.learning and model.learning.prospective)
-    if getattr(fns, "vector_field", False):
+    if model.relaxer.prospective:
+        # latent equilibrium: the circuit shows (and its rules read) the prospective
+        # state ŭ; the slow membrane state s only follows it
+        u, mu = model.relaxer.prospective_state(params, x, s, beta, y, with_forward=True)
+        force = {n: (u[n] - s[n]) / fns.pops[n].tau for n in s}
+        for pop, member in want:
+            if member == "error" and pop in u:  # the prospective error: ŭ − its feed-forward prediction
+                vals[f"{pop}.error"] = u[pop] - mu[pop]
+        s = u
+    elif getattr(fns, "vector_field", False):
         if hasattr(fns, "compartments"):
-            rates = fns.lookahead(s, params, x, drives, beta, y, t=t) if prospective else None
-            force, comps = fns.force(s, params, x, drives, beta, y, t=t, rates=rates, observe=True)
+            force, comps = fns.force(s, params, x, drives, beta, y, t=t, observe=True)
             for n, d in comps.items():
                 for c, v in d.items():
                     vals[f"{n}.{c}"] = v
         else:
             force = fns.force(s, params, x, drives, beta, y)
     else:
-        def total(u, shift=None):
-            E = fns.energy(u, params, x, None, shift=shift)
+        def total(u):
+            E = fns.energy(u, params, x, None)
             if beta is not None:
                 E = E + beta * fns.cost(u, y)
             return E
 
         g = jax.grad(total)(dict(s))
-        if prospective:  # latent equilibrium: rates at s + τ ds/dt = s − ∂E/∂s
-            g = jax.grad(lambda u: total(u, {n: -g[n] for n in g}))(dict(s))
         force = {k: -v for k, v in g.items()}
     full = {**x, **s}
     need_mu = any(m == "error" for _, m in want)
@@ -423,6 +437,8 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
             vals[key] = y[pop] if isinstance(y, Mapping) else (y if y is not None else jnp.zeros_like(full[pop]))
         elif member == "error":
             vals[key] = full[pop] - mu[pop] if pop in mu else full[pop]
+        elif member == "rate":  # what the population transmits: its own activation of its state
+            vals[key] = fns.act[pop](full[pop])
         elif pop in full and member == fns_main(fns, pop):
             vals[key] = full[pop]
         elif key in full:
@@ -430,7 +446,7 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
         else:  # the soma of a population without a cell type: its summed input
             mu = mu or _net_input(model, full, params, x)
             vals[key] = mu.get(pop, jnp.zeros_like(full[pop]))
-    return {"force": force, "values": vals}
+    return {"force": force, "values": vals, "state": dict(s)}
 
 
 def fns_main(fns, pop: str) -> str:

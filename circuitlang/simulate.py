@@ -4,6 +4,11 @@ Writes ``traces.npz`` (``PHASE/POP``: steps × samples × neurons, and
 ``PHASE/energy``: steps × samples) and ``traces.png`` (the recorded states
 and the energy over time, one column per phase), and reports per phase
 whether the state converged (largest change in the last step).
+
+Besides populations, ``--record`` takes a cell's other state variables
+(``h.a``) and compartments (``s1.apical``: the summed drive into it at each
+step, the nudge included). By default every free population is recorded,
+with every compartment of the cell-type ones.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
 
     Returns {phase: {"states": {...}, "energy": array, "delta": float, "converged": bool}}.
     """
-    record = record or list(model.free)
+    comps = _compartments(model)
+    record = record or [*model.free, *comps]
     for name in record:
-        if name not in model.fns.pops:
-            raise CircuitError(f"--record: the circuit has no population `{name}` (it has {', '.join(model.fns.pops)})")
+        if name not in model.fns.pops and name not in model.state_keys and name not in comps:
+            known = [*model.fns.pops, *model.state_keys[len(model.free):], *comps]
+            raise CircuitError(f"--record: the circuit has no population, state or compartment `{name}` "
+                               f"(it has {', '.join(dict.fromkeys(known))})")
     xs = model.as_inputs(x)
     free_end = None
     results: dict[str, Any] = {}
@@ -43,24 +51,37 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
             raise CircuitError(f"phase `{phase.name}` nudges the output: give data with targets (--data)")
         fn = jax.jit(lambda p, x, s0, b, y, ph=phase: model.relaxer.trajectory(ph, p, x, s0, b, y))
         states, energy = fn(params, xs, start, beta, y)
-        last = {n: states[n][-1] for n in model.free}
+        wanted = [n for n in record if n in comps]
+        if wanted:
+            seen = jax.jit(lambda p, st, x, b, y: jax.vmap(
+                lambda one: model.fns.force(one, p, x, None, b, y, observe=True)[1])(st))(
+                params, {k: states[k] for k in model.state_keys}, xs, beta, y)
+            states = {**states, **{n: seen[n.split(".")[0]][n.split(".", 1)[1]] for n in wanted}}
+        last = {n: states[n][-1] for n in model.state_keys}
         if free_end is None:
             free_end = last
         delta = max(float(jnp.max(jnp.abs(states[n][-1] - states[n][-2]))) for n in model.free) if len(energy) > 1 else 0.0
         tol = phase.tol or CONVERGED
         results[phase.name] = {
-            "states": {n: np.asarray(states[n]) if n in model.free else np.asarray(xs[n]) for n in record},
+            "states": {n: np.asarray(states[n]) if n in states else np.asarray(xs[n]) for n in record},
             "energy": np.asarray(energy),
             "delta": delta,
             "converged": bool(phase.forward or delta < tol),
             "finite": bool(all(np.isfinite(np.asarray(states[n])).all() for n in model.free)),
         }
     if out is not None:
-        _write(results, Path(out))
+        _write(results, Path(out), energy=not getattr(model.fns, "vector_field", False))
     return results
 
 
-def _write(results, out: Path) -> None:
+def _compartments(model: Model) -> list[str]:
+    """`pop.compartment` for every free population with a cell type."""
+    if not hasattr(model.fns, "compartments"):
+        return []
+    return [f"{n}.{c}" for n in model.free if model.fns.pops[n].cell_type for c in model.fns.pops[n].compartments]
+
+
+def _write(results, out: Path, energy: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for phase, r in results.items():
@@ -75,7 +96,8 @@ def _write(results, out: Path) -> None:
 
     phases = list(results)
     pops = list(next(iter(results.values()))["states"])
-    fig, axes = plt.subplots(len(pops) + 1, len(phases), figsize=(4 * len(phases), 2.2 * (len(pops) + 1)),
+    rows = len(pops) + int(energy)  # a vector field has no energy to plot
+    fig, axes = plt.subplots(rows, len(phases), figsize=(4 * len(phases), 2.2 * rows),
                              squeeze=False, constrained_layout=True)
     for j, phase in enumerate(phases):
         r = results[phase]
@@ -86,6 +108,8 @@ def _write(results, out: Path) -> None:
                 ax.plot(v[:, 0, :12], lw=1)
             ax.set_title(f"{phase}: {n} (sample 0)", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
+        if not energy:
+            continue
         ax = axes[-1][j]
         ax.plot(r["energy"], lw=1)
         ax.set_title(f"{phase}: energy per sample", fontsize=9)

@@ -143,11 +143,11 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
 
-def _make_stream_epoch(model: Model, n: int, batch: int, classify: bool, shard: Callable):
+def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, shard: Callable):
     """The jitted epoch of a streaming phase (`present N`): `batch` parallel streams
     see the shuffled training set, each sample for N steps, with no reset between
     samples (`P` carries the streams' state across batches and epochs), and the
-    rules change the weights at every step. `opt_state` passes through."""
+    rules change the weights at every step (through the file's optimizer, if any)."""
     nb = n // batch
     phase = model.streaming
     beta = phase.beta if phase.beta != 0 else None
@@ -156,17 +156,18 @@ def _make_stream_epoch(model: Model, n: int, batch: int, classify: bool, shard: 
         idx = jax.random.permutation(key, n)[: nb * batch].reshape(nb, batch)
 
         def body(carry, i):
-            params, S = carry
+            params, opt_state, S = carry
             xs = model.as_inputs(shard(X[i]))
             y = shard(Y[i])
-            res, params = model.rules.run(phase, params, xs, S, beta, y, stream=True)
+            res, params, opt_state = model.rules.run(phase, params, xs, S, beta, y, stream=True,
+                                                     opt=opt, opt_state=opt_state)
             S = {k: res.state[k] for k in model.state_keys}
             loss = model.fns.cost(S, y) / batch
             out = model.fns.readout(res.state)
             correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
-            return (params, S), (loss, correct)
+            return (params, opt_state, S), (loss, correct)
 
-        (params, P), (loss, correct) = lax.scan(body, (params, P), idx)
+        (params, opt_state, P), (loss, correct) = lax.scan(body, (params, opt_state, P), idx)
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
@@ -264,11 +265,12 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     _check_sizes(model, data)
     classify = data.n_classes is not None
     nb = n // batch
-    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb,
-                         RULES_LR if learn.method == "rules" else DEFAULT_LR)
     stream = model.streaming is not None and method == "rules"
+    steps_per_batch = model.streaming.steps if stream else 1  # a stream updates at every step
+    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb * steps_per_batch,
+                         RULES_LR if learn.method == "rules" else DEFAULT_LR)
     if stream:
-        epoch_fn, _ = _make_stream_epoch(model, n, batch, classify, _sharding(devices))
+        epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
         epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices))
     eval_fn = _make_eval(model, len(data.x_test), 1000, classify) if len(data.x_test) else None

@@ -2,7 +2,9 @@
 
 For each β of a sweep, the file's estimator is compared with the gradient
 of the loss at the free fixed point (implicit differentiation), weight by
-weight: the cosine of the angle and the relative error |g − ∇| / |∇|. As
+weight: the cosine of the angle and the relative error |g − ∇| / |∇| (for
+local rules, whose constants set their own scale, the size ratio |g| / |∇|
+instead). As
 β → 0 an EqProp estimator's error should fall like β (one-sided) or β²
 (symmetric); what remains at small β is the bias of an unconverged
 relaxation.
@@ -22,11 +24,13 @@ __all__ = ["verify", "format_table", "DEFAULT_BETAS"]
 DEFAULT_BETAS = (1.0, 0.5, 0.1, 0.05, 0.01, 0.001)
 
 
-def _compare(g, ref):
+def _compare(g, ref, scale: bool = False):
     a, b = np.ravel(np.asarray(g, np.float64)), np.ravel(np.asarray(ref, np.float64))
     nb = np.linalg.norm(b)
     na = np.linalg.norm(a)
     cos = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
+    if scale:  # local rules carry their own constants: compare sizes, not differences
+        return cos, float(na / nb) if nb > 0 else float("nan")
     rel = float(np.linalg.norm(a - b) / nb) if nb > 0 else float("nan")
     return cos, rel
 
@@ -40,10 +44,10 @@ def verify(model: Model, params, x, y, method: str | None = None, betas=DEFAULT_
     for beta in betas:
         g = model.estimate(params, x, y, method=method, beta=jnp.asarray(beta, next(iter(params.values())).dtype))
         for n in names:
-            cos, rel = _compare(g[n], ref[n])
+            cos, rel = _compare(g[n], ref[n], method == "rules")
             rows.append({"beta": beta, "weight": n, "cosine": cos, "rel_error": rel})
         cat = lambda d: np.concatenate([np.ravel(np.asarray(d[n])) for n in names])  # noqa: E731
-        cos, rel = _compare(cat(g), cat(ref))
+        cos, rel = _compare(cat(g), cat(ref), method == "rules")
         rows.append({"beta": beta, "weight": "all", "cosine": cos, "rel_error": rel})
     return rows
 
@@ -52,7 +56,8 @@ def format_table(rows, method: str) -> str:
     weights = list(dict.fromkeys(r["weight"] for r in rows))
     betas = list(dict.fromkeys(r["beta"] for r in rows))
     head = f"{'beta':>8}  " + "  ".join(f"{w:>20}" for w in weights)
-    lines = [f"estimator `{method}` vs the true gradient: cosine / relative error", head, "-" * len(head)]
+    second = "size ratio |g|/|∇|" if method == "rules" else "relative error"
+    lines = [f"estimator `{method}` vs the true gradient: cosine / {second}", head, "-" * len(head)]
     for b in betas:
         cells = []
         for w in weights:

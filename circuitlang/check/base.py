@@ -38,6 +38,7 @@ class BuilderBase:
         self.pops: dict[str, PopulationNode] = {}
         self.edges: list[ConnectionEdge] = []
         self.biased: dict[str, Span] = {}
+        self.bias_inits: dict[str, object] = {}  # population -> InitSpec of `bias ... init=`
         self.names: dict[str, tuple[str, Span]] = {}  # global namespace: name -> (kind, span)
         self.param_decls: dict[str, Span] = {}  # every param of the file, defined yet or not
         self.broken: set[str] = set()  # params whose value could not be computed
@@ -115,7 +116,7 @@ class BuilderBase:
             return None
         extra = ("target",) if pop.role == "output" else ()
         comps = () if pop.cell_type is None else pop.compartments
-        return (*pop.state, *comps, "error", *extra)
+        return (*pop.state, *comps, "rate", "error", *extra)
 
     # ------------------------------------------------------------ constants --
     def const(self, expr: S.Expr, what: str) -> float | None:

@@ -101,7 +101,8 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
         self.memory_estimate()
 
         pops = {
-            n: dataclasses.replace(p, bias=n in self.biased) for n, p in self.pops.items()
+            n: dataclasses.replace(p, bias=n in self.biased, bias_init=self.bias_inits.get(n))
+            for n, p in self.pops.items()
         }
         header = headers[0] if headers else None
         spec = CircuitSpec(

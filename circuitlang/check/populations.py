@@ -127,7 +127,13 @@ class PopulationsMixin(BuilderBase):
 
     # ---------------------------------------------------------------- bias --
     def bias(self, s: S.Bias) -> None:
-        self._no_options(s.options, "`bias`", "write `bias h, y`")
+        init = None
+        for opt in s.options:
+            if opt.key == "init" and opt.value is not None:
+                init = self._init(opt.value)
+            else:
+                self.error(f"`bias` takes only `init=`, not `{opt.key}`", opt.span,
+                           "write `bias h, y` (zeros) or `bias y init=constant(0.5)`")
         for p in s.populations:
             if p.name not in self.pops:
                 self._unknown_population(p)
@@ -141,3 +147,5 @@ class PopulationsMixin(BuilderBase):
                 )
             else:
                 self.biased[p.name] = p.span
+                if init is not None:
+                    self.bias_inits[p.name] = init

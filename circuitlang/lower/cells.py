@@ -109,12 +109,6 @@ class CellFunctions(VectorFieldFunctions):
         f, seen, _ = self.evaluate(s, params, x, drives, beta, y, t=t, rates=rates)
         return (f, seen) if observe else f
 
-    def lookahead(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0) -> dict[str, Array]:
-        """Prospective rates ρ(s + τ ds/dt) of every population (inputs: ρ(x))."""
-        _, _, ahead = self.evaluate(s, params, x, drives, beta, y, t=t)
-        full = {**x, **{n: jax.lax.stop_gradient(ahead[n]) for n in self.free}}
-        return {n: self.act[n](v) for n, v in full.items()}
-
     def evaluate(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, rates=None):
         """(ds/dt by state key, compartments by population, s + τ ds/dt by population)."""
         comps = self.compartments(s, params, x, drives, rates)

@@ -35,6 +35,11 @@ from .energy import EnergyFunctions
 
 __all__ = ["OK", "NOT_CONVERGED", "NONFINITE", "Relaxation", "Relaxer"]
 
+
+def _slope(f, v):
+    """f'(v) element-wise."""
+    return jax.jvp(f, (v,), (jnp.ones_like(v),))[1]
+
 OK, NOT_CONVERGED, NONFINITE = 0, 1, 2
 
 Array = Any
@@ -76,6 +81,10 @@ class Relaxer:
         if phase.forward:
             s = self.forward(params, x, s0)
             return self._finish(s, x, jnp.asarray(0), jnp.asarray(OK))
+        if self.prospective:  # the slow state follows ŭ; the circuit's output is ŭ itself
+            u = self.prospective_state(params, x, s0, beta, y)
+            lax.fori_loop(0, phase.steps, lambda i, s: self.follow(phase, s, u), dict(s0))
+            return self._finish(u, x, jnp.asarray(phase.steps), jnp.asarray(OK))
         drives = fns.drives(params, x)
         step = self._step(phase, params, x, drives, beta, y)
         if phase.tol is None:
@@ -115,8 +124,14 @@ class Relaxer:
                 {n: jnp.stack([st[n] for st in states]) for n in s0},
                 jnp.stack([per_example(st, x) for st in states]),
             )
-        drives = fns.drives(params, x)
-        step = self._step(phase, params, x, drives, beta, y)
+        if self.prospective:
+            u = self.prospective_state(params, x, s0, beta, y)
+
+            def step(s):
+                return self.follow(phase, s, u)
+        else:
+            drives = fns.drives(params, x)
+            step = self._step(phase, params, x, drives, beta, y)
 
         def body(s, _):
             new = step(s)
@@ -141,31 +156,20 @@ class Relaxer:
         dt = phase.dt
         proto = phase.integrator == "prototypical"
         if getattr(fns, "vector_field", False):
-            if self.prospective and hasattr(fns, "lookahead"):
-                def vf_force(s):
-                    rates = fns.lookahead(s, params, x, drives, beta, y)
-                    return fns.force(s, params, x, drives, beta, y, rates=rates)
-            else:
-                def vf_force(s):
-                    return fns.force(s, params, x, drives, beta, y)
+            def vf_force(s):
+                return fns.force(s, params, x, drives, beta, y)
+
             return lambda s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), vf_force(s).values())})
 
-        def total(s, shift=None):
-            E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto, shift=shift)
+        def total(s):
+            E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto)
             if beta is not None:
                 E = E + beta * fns.cost(s, y)
             return E
 
-        def gradient(s, holo):
-            g = jax.grad(total, holomorphic=holo)(s)
-            if not self.prospective:
-                return g
-            # latent equilibrium: rates look ahead to s + τ ds/dt = s − ∂E/∂s
-            return jax.grad(lambda u: total(u, {n: -g[n] for n in g}), holomorphic=holo)(s)
-
         def step(s):
             holo = any(jnp.iscomplexobj(v) for v in s.values())
-            g = gradient(s, holo)
+            g = jax.grad(total, holomorphic=holo)(s)
             if proto:
                 target = {n: fns.act[n](-g[n]) for n in s}
                 if dt != 1.0:
@@ -174,6 +178,57 @@ class Relaxer:
             return fns.project({n: s[n] - dt * g[n] for n in s})
 
         return step
+
+    def prospective_state(self, params, x, s_like, beta=None, y=None, with_forward: bool = False):
+        """The prospective state ŭ = s + τ ds/dt of latent equilibrium (Haider et al. 2021).
+
+        In latent equilibrium neurons transmit ρ(ŭ), and ŭ = μ + e does not depend on the
+        slow membrane state s: the predictions μ are the feed-forward values and the
+        errors e are instantaneous. We compute both directly: μ in one topological pass;
+        then, in reverse topological order, e_n = ρ'(μ_n) ⊙ Σ_(n→k) W_kᵀ e_k, plus, on an
+        output, the nudge z = −β ∂C/∂s(μ_n + e_n) (a few fixed-point iterations; exact
+        for `squared` after the first). These are the predictive-coding errors under the
+        fixed-prediction assumption, i.e. backprop's deltas scaled by the nudge
+        (Whittington & Bogacz 2017). With `with_forward`, returns (ŭ, μ).
+        """
+        from .energy import weights_of
+
+        fns = self.fns
+        mu = self.forward(params, x, s_like)
+        if beta is None:
+            return (mu, mu) if with_forward else mu
+        w = weights_of(fns.edges, params)
+        costs = {c.population for c in fns.costs}
+        err: dict[str, Array] = {}
+        for n in reversed(self.order):
+            if n in x or n not in mu:
+                continue
+            back = None
+            for e in fns.edges:
+                if e.pre != n or e.post not in err:
+                    continue
+                if e.kind == "one_to_one":
+                    v = err[e.post] * e.gain
+                    if e.weight is not None:
+                        v = v * w[e.weight][None, :]
+                else:
+                    v = err[e.post] @ w[e.weight]
+                v = v if e.sign > 0 else -v
+                back = v if back is None else back + v
+            e_n = jnp.zeros_like(mu[n]) if back is None else _slope(fns.act[n], mu[n]) * back
+            if n in costs:
+                z = jnp.zeros_like(mu[n])
+                for _ in range(4):
+                    g = jax.grad(lambda v, n=n: fns.cost({**mu, n: v}, y))(mu[n] + e_n + z)
+                    z = -beta * g
+                e_n = e_n + z
+            err[n] = e_n
+        u = fns.project({n: mu[n] + err[n] if n in err else mu[n] for n in mu})
+        return (u, mu) if with_forward else u
+
+    def follow(self, phase: PhaseSpec, s, u):
+        """One Euler step of τ ds/dt = ŭ − s: the membrane state low-pass filters ŭ."""
+        return {n: s[n] + phase.dt * (u[n] - s[n]) / self.fns.pops[n].tau for n in s}
 
     def forward(self, params, x, s0):
         """The one-pass fixed point of a feed-forward predictive circuit."""

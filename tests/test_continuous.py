@@ -1,0 +1,123 @@
+"""Continuous learning (`present N` streaming phases, `prospective` rates).
+
+* with `prospective`, the circuit responds instantly: the relaxed state is the
+  feed-forward pass from any starting state, however slow the neurons;
+* the prospective errors are backprop's deltas: the streaming rule
+  `post.error * rho(pre.s)` integrated over a presentation equals
+  η · T · β/(1+β) times minus the gradient of a hand-written MLP's loss;
+* streaming training changes the weights at every step and learns a teacher.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import circuitlang as cl
+from circuitlang.errors import CircuitError
+
+from .conftest import ROOT
+
+SMALL = """
+circuit SmallStream
+param eta = 1.0
+fn rho(x) = tanh(x)
+population x [6] input
+population h1 [9]
+population h2 [7]
+population y [3] output rho=identity
+x -> h1 : W1
+h1 -> h2 : W2
+h2 -> y : W3
+bias h1, h2, y
+energy predictive
+cost y squared
+learn rules {
+  phase stream { dt 0.1; beta 0.1; present 20 }
+  prospective
+  always for W1, W2, W3: dW/dt = eta * post.error * rho(pre.s)
+  always for h1.bias, h2.bias, y.bias: db/dt = eta * post.error
+  batch 8
+}
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+def _mlp_loss(p, x, y):
+    h1 = jnp.tanh(jnp.tanh(x) @ p["W1"].T + p["h1.bias"][None, :])
+    h2 = jnp.tanh(h1 @ p["W2"].T + p["h2.bias"][None, :])
+    out = h2 @ p["W3"].T + p["y.bias"][None, :]
+    return 0.5 * jnp.sum((out - y) ** 2) / x.shape[0]
+
+
+def _data(B=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.uniform(0, 1, (B, 6))), jnp.asarray(rng.normal(0, 1, (B, 3)))
+
+
+def test_prospective_state_is_the_feed_forward_pass_at_once():
+    model = cl.compile(cl.loads(SMALL, "s.circ"))
+    params = model.init(jax.random.key(0), jnp.float64)
+    x, _ = _data()
+    s0 = {k: jnp.full((8, model.size_of(k)), 3.0) for k in model.state_keys}  # far from it
+    st = model.relax(params, x, s0)
+    h1 = jnp.tanh(x) @ params["W1"].T + params["h1.bias"][None, :]
+    h2 = jnp.tanh(h1) @ params["W2"].T + params["h2.bias"][None, :]
+    out = jnp.tanh(h2) @ params["W3"].T + params["y.bias"][None, :]
+    np.testing.assert_allclose(np.asarray(st["y"]), np.asarray(out), rtol=1e-12, atol=1e-12)
+
+
+def test_prospective_errors_are_backprop_deltas():
+    beta = 1e-4  # the rule reads ρ(ŭ_pre) = ρ(μ_pre + e_pre), backprop ρ(μ_pre): an O(β) difference
+    model = cl.compile(cl.loads(SMALL, "s.circ"), {"phase.stream.beta": beta})
+    params = model.init(jax.random.key(1), jnp.float64)
+    params = {k: v + 0.2 * jax.random.normal(jax.random.key(2), v.shape) for k, v in params.items()}
+    x, y = _data()
+    g = model.estimate(params, x, y, method="rules")
+    true = jax.grad(_mlp_loss)(params, x, y)
+    scale = 1.0 * (20 * 0.1) * beta / (1 + beta)  # eta · T · β/(1+β)
+    for k in true:
+        tol = 1e-9 if k.endswith("bias") else 1e-3  # biases have no pre-side rate
+        want = scale * np.asarray(true[k])
+        err = np.linalg.norm(np.asarray(g[k]) - want) / np.linalg.norm(want)
+        assert err <= tol, (k, err)
+
+
+def test_streaming_changes_weights_every_step_and_learns():
+    from circuitlang.data import synthetic
+    from circuitlang.train import train
+
+    src = SMALL.replace("[6] input", "[20] input").replace("[3] output", "[2] output")
+    model = cl.compile(cl.loads(src, "s.circ"))
+    params = model.init(jax.random.key(0), jnp.float64)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (8, 20)))
+    y = jnp.ones((8, 2))
+    one = model.streaming.__class__(**{**model.streaming.__dict__, "steps": 1})
+    res, p1, _ = model.rules.run(one, params, model.as_inputs(x), model.zeros(model.as_inputs(x)), 0.1, y, stream=True)
+    res, p2, _ = model.rules.run(model.streaming, params, model.as_inputs(x), model.zeros(model.as_inputs(x)), 0.1, y, stream=True)
+    d1 = float(jnp.abs(p1["y.bias"] - params["y.bias"]).max())
+    d20 = float(jnp.abs(p2["y.bias"] - params["y.bias"]).max())
+    assert d1 > 0 and d20 > 10 * d1  # one step moves the weights; twenty move them further
+
+    data = synthetic(n_train=400, n_test=200, n_in=20, n_out=2, hidden=8, seed=1)
+    result = train(model, data, epochs=4, progress=False)
+    losses = [r["test_loss"] for r in result.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_prospective_needs_a_predictive_circuit():
+    src = (ROOT / "examples" / "stdp_eqprop.circ").read_text().replace("  batch 32", "  prospective\n  batch 32")
+    with pytest.raises(CircuitError) as err:
+        cl.compile(cl.loads(src, "p.circ"))
+    assert "prospective" in str(err.value) and "p.circ:" in str(err.value)
