@@ -282,3 +282,52 @@ def test_stdp_example_learns_digits_quickly(tmp_path):
         jax.config.update("jax_enable_x64", True)
     last = result.history[-1]
     assert last["test_accuracy"] > 0.85, last
+
+
+# ------------------------------------------------------------ simulate/verify --
+def test_simulate_records_compartments(tmp_path):
+    from circuitlang.simulate import simulate
+
+    model = cl.compile(cl.loads(CELLS, "cells.circ"))
+    params = model.init(jax.random.key(3), jnp.float64)
+    x, y = _batch(3, 2, B=4, seed=2)
+    res = simulate(model, params, x, y, out=tmp_path)
+    free = res["free"]["states"]
+    assert {"h", "y", "h.basal", "h.apical"} <= set(free)
+    # the basal compartment is the summed drive W1 ρ(x) + b at every step
+    basal = np.tanh(np.asarray(x)) @ np.asarray(params["W1"]).T + np.asarray(params["h.bias"])
+    np.testing.assert_allclose(free["h.basal"][-1], basal, rtol=1e-10)
+    assert free["h.apical"].shape == (31, 4, 4)
+    with np.load(tmp_path / "traces.npz") as z:
+        assert "nudge/h.apical" in z.files
+    from circuitlang.errors import CircuitError as E
+
+    with pytest.raises(E, match="no population, state or compartment `h.dendrite`"):
+        simulate(model, params, x, y, record=["h.dendrite"])
+
+
+def test_verify_reports_the_angle_of_local_rules():
+    from circuitlang.verify import format_table, verify
+
+    # relaxed to the fixed points (the example's 20 + 8 steps stop short: cosine 0.91)
+    long = {"phase.free.steps": 300, "phase.nudge.steps": 300}
+    model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"), long)
+    params = model.init(jax.random.key(0), jnp.float64)
+    # weights and biases where the units sit inside their bounds [0, 1] (else ρ' = 0 and ∇ = 0)
+    params = {k: (jnp.full_like(v, 0.5) if k.endswith("bias") else 0.3 * v) for k, v in params.items()}
+    x, y = _batch(64, 10, B=4)
+    rows = verify(model, params, x, y, betas=(0.01,))
+    w2 = next(r for r in rows if r["weight"] == "W2")
+    assert w2["cosine"] > 0.99  # the STDP rule is EqProp: aligned with the gradient as β → 0
+    assert abs(w2["rel_error"] - 0.1) < 0.01  # size ratio: the rule's own rate, 0.1
+    w1 = next(r for r in rows if r["weight"] == "W1")
+    assert w1["cosine"] > 0.99 and abs(w1["rel_error"] - 0.2) < 0.02
+    assert "size ratio" in format_table(rows, "rules")
+
+
+def test_bias_init():
+    src = _rules_circuit("during nudge: dW1/dt = post.s * pre.rate").replace(
+        "dynamics leaky", "bias y init=constant(0.5)\ndynamics leaky")
+    model = cl.compile(cl.loads(src, "b.circ"))
+    params = model.init(jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(params["y.bias"]), 0.5)
