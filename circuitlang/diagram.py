@@ -86,7 +86,7 @@ def _population_label(pop: PopulationNode, default_activation: str) -> str:
     notes = []
     if pop.role != "hidden":
         notes.append(pop.role)
-    if pop.activation != default_activation and pop.role != "input":
+    if pop.activation != default_activation:
         notes.append(f"ρ = {pop.activation}")
     if pop.bias:
         notes.append("+ bias")
