@@ -196,7 +196,7 @@ def _all_shapes(jaxpr):
                     yield from _all_shapes(getattr(inner, "jaxpr", inner))
 
 
-@pytest.mark.parametrize("example", ["stdp_eqprop", "mirror_interneurons"])
+@pytest.mark.parametrize("example", ["stdp_eqprop", "mirror_interneurons", "continuous_learning"])
 def test_rules_never_build_batch_by_post_by_pre(example):
     model = cl.compile(cl.load(ROOT / "examples" / f"{example}.circ"))
     B = 7
@@ -208,11 +208,17 @@ def test_rules_never_build_batch_by_post_by_pre(example):
     smallest = min(int(np.prod(s)) for k, s in model.shapes.items() if len(s) == 2)
     shapes = list(_all_shapes(jaxpr))
     assert shapes, "no equations found"
-    too_big = [s for s in shapes if int(np.prod(s)) >= B * smallest]
-    assert not too_big, too_big
-    # and the test can fail: a naive per-synapse broadcast would be caught
+    # a batched array (a dim of size B, prime and no population's size) as large as
+    # batch × post × pre for the smallest weight; legitimate (B, n) arrays are far smaller
+    assert all(model.size_of(k) != B for k in model.state_keys)
+
+    def suspicious(shapes, least):
+        return [s for s in shapes if B in s and int(np.prod(s)) >= B * least]
+
+    assert not suspicious(shapes, smallest), suspicious(shapes, smallest)
+    # and the test can fail: a naive per-synapse broadcast is caught
     naive = jax.make_jaxpr(lambda a, b: a[:, :, None] * b[:, None, :])(jnp.zeros((B, 5)), jnp.zeros((B, 6))).jaxpr
-    assert any(int(np.prod(s)) >= B * 30 for s in _all_shapes(naive))
+    assert suspicious(list(_all_shapes(naive)), 30)
 
 
 def _rules_circuit(rule: str) -> str:
