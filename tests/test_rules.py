@@ -337,3 +337,32 @@ def test_bias_init():
     model = cl.compile(cl.loads(src, "b.circ"))
     params = model.init(jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(params["y.bias"]), 0.5)
+
+
+def test_one_to_one_weight_rule_is_elementwise_trapezoid():
+    src = """
+fn rho(x) = tanh(x)
+population x [4] input
+population h [4]
+population y [3] output
+x => h : G
+h -> y : W
+dynamics leaky
+cost y squared
+learn rules {
+  phase free { steps 12; dt 0.2 }
+  during free: dG/dt = post.s * rho(pre.s) - 0.1 * G
+}
+"""
+    model = cl.compile(cl.loads(src, "g.circ"))
+    assert model.shapes["G"] == (4,)
+    params = model.init(jax.random.key(0), jnp.float64)
+    params["G"] = jnp.asarray([0.5, -1.0, 2.0, 1.5])
+    x, y = _batch(4, 3, B=5, seed=3)
+    g = model.estimate(params, x, y, method="rules")
+    traj, _ = model.relaxer.trajectory(model.free_phase, params, model.as_inputs(x), model.zeros(model.as_inputs(x)))
+    h = np.asarray(traj["h"])  # (steps + 1, batch, 4)
+    f = h * np.tanh(np.asarray(x))[None] - 0.1 * np.asarray(params["G"])[None, None]
+    want = 0.2 * np.sum(0.5 * (f[:-1] + f[1:]), axis=0).mean(axis=0)
+    np.testing.assert_allclose(np.asarray(g["G"]), -want, rtol=1e-10)
+    assert not np.any(np.asarray(g["W"]))
