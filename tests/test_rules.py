@@ -366,3 +366,31 @@ learn rules {
     want = 0.2 * np.sum(0.5 * (f[:-1] + f[1:]), axis=0).mean(axis=0)
     np.testing.assert_allclose(np.asarray(g["G"]), -want, rtol=1e-10)
     assert not np.any(np.asarray(g["W"]))
+
+
+def test_cell_equations_see_the_time_in_the_phase():
+    src = """
+neuron clocked {
+  compartment basal
+  ds/dt = -s + basal + 0.1 * t
+}
+population x [2] input
+population h : clocked [2]
+population y [2] output
+x -> h.basal : W1
+h -> y : W2
+cost y squared
+learn rules {
+  phase free { steps 10; dt 0.5 }
+  during free: dW2/dt = post.s * pre.s
+}
+"""
+    model = cl.compile(cl.loads(src, "t.circ"))
+    params = model.init(jax.random.key(0), jnp.float64)
+    x = jnp.asarray([[0.2, 0.7]])
+    st = model.relax(params, x)
+    basal = np.asarray(x) @ np.asarray(params["W1"]).T
+    s = np.zeros((1, 2))
+    for i in range(10):
+        s = s + 0.5 * (-s + basal + 0.1 * (i * 0.5))
+    np.testing.assert_allclose(np.asarray(st["h"]), s, rtol=1e-12)

@@ -83,12 +83,11 @@ class Relaxer:
             return self._finish(s, x, jnp.asarray(0), jnp.asarray(OK))
         if self.prospective:  # the slow state follows ŭ; the circuit's output is ŭ itself
             u = self.prospective_state(params, x, s0, beta, y)
-            lax.fori_loop(0, phase.steps, lambda i, s: self.follow(phase, s, u), dict(s0))
             return self._finish(u, x, jnp.asarray(phase.steps), jnp.asarray(OK))
         drives = fns.drives(params, x)
         step = self._step(phase, params, x, drives, beta, y)
         if phase.tol is None:
-            s = lax.fori_loop(0, phase.steps, lambda i, s: step(s), dict(s0))
+            s = lax.fori_loop(0, phase.steps, step, dict(s0))
             return self._finish(s, x, jnp.asarray(phase.steps), jnp.asarray(OK))
         tol = phase.tol
 
@@ -98,7 +97,7 @@ class Relaxer:
 
         def body(c):
             i, s, _ = c
-            new = step(s)
+            new = step(i, s)
             delta = jnp.max(jnp.stack([jnp.max(jnp.abs(new[n] - s[n])) for n in new]))
             return i + 1, new, delta.astype(jnp.float32)
 
@@ -127,17 +126,17 @@ class Relaxer:
         if self.prospective:
             u = self.prospective_state(params, x, s0, beta, y)
 
-            def step(s):
+            def step(i, s):
                 return self.follow(phase, s, u)
         else:
             drives = fns.drives(params, x)
             step = self._step(phase, params, x, drives, beta, y)
 
-        def body(s, _):
-            new = step(s)
+        def body(s, i):
+            new = step(i, s)
             return new, (new, per_example(new, x))
 
-        _, (traj, energy) = lax.scan(body, dict(s0), None, length=phase.steps)
+        _, (traj, energy) = lax.scan(body, dict(s0), jnp.arange(phase.steps))
         first = {n: s0[n][None] for n in s0}
         return (
             {n: jnp.concatenate([first[n], traj[n]]) for n in s0},
@@ -156,10 +155,14 @@ class Relaxer:
         dt = phase.dt
         proto = phase.integrator == "prototypical"
         if getattr(fns, "vector_field", False):
-            def vf_force(s):
+            timed = hasattr(fns, "compartments")  # cell ODEs may read `t`, the time in the phase
+
+            def vf_force(s, i):
+                if timed:
+                    return fns.force(s, params, x, drives, beta, y, t=i * dt)
                 return fns.force(s, params, x, drives, beta, y)
 
-            return lambda s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), vf_force(s).values())})
+            return lambda i, s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), vf_force(s, i).values())})
 
         def total(s):
             E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto)
@@ -167,7 +170,7 @@ class Relaxer:
                 E = E + beta * fns.cost(s, y)
             return E
 
-        def step(s):
+        def step(i, s):
             holo = any(jnp.iscomplexobj(v) for v in s.values())
             g = jax.grad(total, holomorphic=holo)(s)
             if proto:
