@@ -176,8 +176,10 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
     used: list[str] = []
     for e in circ.connections:
         attrs = _edge_attrs(e)
-        if depth[e.post] <= depth[e.pre] and e.pre != e.post:
-            attrs["constraint"] = "false"  # feedback: keep the layers bottom-up
+        # feedback: keep the layers bottom-up. Not for one-to-one edges: graphviz (2.43)
+        # cannot draw their parallel lines unconstrained ("Arrow type false unknown")
+        if depth[e.post] <= depth[e.pre] and e.pre != e.post and e.kind != "one_to_one":
+            attrs["constraint"] = "false"
         head = e.post if e.kind == "undirected" else f"{e.post}:{e.compartment}"
         tail = e.pre
         g.edge(tail, head, label=" " + _edge_label(e) + " ", **attrs)

@@ -54,8 +54,8 @@ def test_mirror_example_compartments_and_ties(root):
     assert b2.shape == circ.weights["W2"].shape[::-1]
     assert circ.weights["V1b"].sign == -1
     rules = circ.spec.learning.rules
-    assert [r.weights for r in rules] == [("V1f",), ("V1b",), ("W1", "W2")]
-    assert rules[2].placeholder == "W" and rules[2].phases == ("nudge",)
+    assert [r.weights for r in rules] == [("V1f",), ("V1b",), ("W1",), ("W2",)]
+    assert rules[2].phases == rules[3].phases == ("nudge",)
     assert "B2" not in circ.parameter_shapes()
 
 
