@@ -394,3 +394,34 @@ learn rules {
     for i in range(10):
         s = s + 0.5 * (-s + basal + 0.1 * (i * 0.5))
     np.testing.assert_allclose(np.asarray(st["h"]), s, rtol=1e-12)
+
+
+def test_generalized_eqprop_on_a_cell_circuit_is_the_gradient():
+    """Cells with basal/apical compartments and tied feedback, ρ = identity: the
+    vector field is a gradient field, so one-sided EqProp → the true gradient as β → 0."""
+    src = """
+neuron pyr {
+  compartment basal, apical
+  ds/dt = -s + basal + apical
+}
+population x [3] input
+population h : pyr [4]
+population y [2] output
+x -> h.basal : W1
+h -> y : W2
+y -> h.apical : B = transpose(W2)
+bias h, y
+cost y squared
+learn eqprop {
+  phase free { steps 400; dt 0.1 }
+  phase nudge { steps 400; dt 0.1; beta 0.0001 }
+}
+"""
+    model = cl.compile(cl.loads(src, "c.circ"))
+    params = {k: 0.3 * v + 0.05 for k, v in model.init(jax.random.key(0), jnp.float64).items()}
+    x, y = _batch(3, 2, B=5, seed=4)
+    g = model.estimate(params, x, y)
+    true = model.estimate(params, x, y, method="gradient")
+    for k in ("W1", "W2", "h.bias", "y.bias"):
+        err = float(jnp.linalg.norm(g[k] - true[k]) / jnp.linalg.norm(true[k]))
+        assert err < 1e-3, (k, err)
