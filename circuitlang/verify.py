@@ -39,7 +39,9 @@ def verify(model: Model, params, x, y, method: str | None = None, betas=DEFAULT_
     """Rows of {beta, weight, cosine, rel_error}, plus "all" for every parameter together."""
     method = method or model.method
     ref = model.estimate(params, x, y, method="gradient")
-    names = [n for n in ref if model.trainable[n]]
+    names = [n for n in ref if model.trainable[n] and not (method == "rules" and _unnudged_only(model, n))]
+    if model.nudge_phase is not None and model.nudge_phase.beta not in betas:
+        betas = (*betas, model.nudge_phase.beta)  # the file's own β too
     rows = []
     for beta in betas:
         g = model.estimate(params, x, y, method=method, beta=jnp.asarray(beta, next(iter(params.values())).dtype))
@@ -50,6 +52,16 @@ def verify(model: Model, params, x, y, method: str | None = None, betas=DEFAULT_
         cos, rel = _compare(cat(g), cat(ref), method == "rules")
         rows.append({"beta": beta, "weight": "all", "cosine": cos, "rel_error": rel})
     return rows
+
+
+def _unnudged_only(model, name: str) -> bool:
+    """A parameter whose rules act only in un-nudged phases (e.g. a microcircuit's
+    interneuron weights, which learn to predict, not to descend the loss)."""
+    betas = {p.name: p.beta for p in model.learning.phases}
+    rules = [r for r in model.rules.rules if r.target == name]
+    if not rules or any(r.always or not r.phases for r in rules):
+        return False
+    return all(betas[ph] == 0 for r in rules for ph in r.phases)
 
 
 def format_table(rows, method: str) -> str:
