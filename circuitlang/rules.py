@@ -396,7 +396,8 @@ def _expand(expr, ctx: _Context) -> list[Term]:
 
 # ------------------------------------------------------------ observations --
 def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
-    """The force at `s` and every value rules read: {"__force__": ..., (pop, member): value}."""
+    """At state `s`: {"force": ds/dt, "values": {"pop.member": value} for the members in
+    `want`, "state": what the circuit shows (s, or ŭ with `prospective`)}."""
     fns = model.fns
     vals: dict[str, Any] = {}
     drives = None

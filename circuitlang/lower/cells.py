@@ -106,11 +106,11 @@ class CellFunctions(VectorFieldFunctions):
               observe: bool = False):
         """d(state)/dt for every state key (in `s`'s order); with `observe`, also
         {population: {compartment: value}} as the equations saw them."""
-        f, seen, _ = self.evaluate(s, params, x, drives, beta, y, t=t, rates=rates)
+        f, seen = self.evaluate(s, params, x, drives, beta, y, t=t, rates=rates)
         return (f, seen) if observe else f
 
     def evaluate(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, rates=None):
-        """(ds/dt by state key, compartments by population, s + τ ds/dt by population)."""
+        """(ds/dt by state key, {population: {compartment: value}})."""
         comps = self.compartments(s, params, x, drives, rates)
         extra: dict[str, Array] = {}
         if beta is not None:
@@ -125,7 +125,6 @@ class CellFunctions(VectorFieldFunctions):
                 else:
                     extra[n] = current
         f: dict[str, Array] = {}
-        ahead: dict[str, Array] = {}
         seen: dict[str, dict[str, Array]] = {}
         for n in self.free:
             pop = self.pops[n]
@@ -137,7 +136,6 @@ class CellFunctions(VectorFieldFunctions):
                 if n in extra:
                     rhs = rhs + extra[n]
                 f[n] = rhs / pop.tau
-                ahead[n] = s[n] + rhs
                 continue
             nt = self.types[pop.cell_type]
             env: dict[str, Array] = dict(own)
@@ -153,9 +151,7 @@ class CellFunctions(VectorFieldFunctions):
                     rhs = rhs + extra[n]
                 tau = self.ev.eval(ode.tau, env) if ode.tau is not None else 1.0
                 f[key] = jnp.broadcast_to(rhs / tau, s[key].shape).astype(s[key].dtype)
-                if key == n:
-                    ahead[n] = s[n] + rhs
-        return {k: f[k] for k in s}, seen, ahead
+        return {k: f[k] for k in s}, seen
 
     def net_input(self, s, params, x, drives=None) -> dict[str, Array]:
         """μ per free population: the sum of its compartments (what its inputs predict)."""

@@ -81,15 +81,10 @@ class EnergyFunctions:
     def bounded(self) -> bool:
         return any(p.lo is not None or p.hi is not None for p in self.pops.values())
 
-    def rates(self, s: State, rates_are_states: bool = False, free=(), shift=None) -> dict[str, Array]:
-        """ρ(s) per population; in the prototypical form free states are rates.
-
-        `shift`: prospective rates ρ(s + shift) (latent equilibrium's look-ahead
-        τ ds/dt, held constant under differentiation)."""
+    def rates(self, s: State, rates_are_states: bool = False, free=()) -> dict[str, Array]:
+        """ρ(s) per population; in the prototypical form free states are rates."""
         if rates_are_states:
             return {n: (v if n in free else self.act[n](v)) for n, v in s.items()}
-        if shift:
-            return {n: self.act[n](v + jax.lax.stop_gradient(shift[n]) if n in shift else v) for n, v in s.items()}
         return {n: self.act[n](v) for n, v in s.items()}
 
     def drives(self, params: Mapping[str, Array], x: State) -> dict[str, dict[str, Array]]:
@@ -132,10 +127,10 @@ class EnergyFunctions:
     # -------------------------------------------------------------- energy --
     def energy(self, s: State, params: Mapping[str, Array], x: State,
                drives: Mapping[str, Array] | None = None, *,
-               leak: bool = True, rates_are_states: bool = False, shift=None) -> Array:
+               leak: bool = True, rates_are_states: bool = False) -> Array:
         """E summed over the batch. `s` holds the free populations, `x` the clamped."""
         full = {**x, **s}
-        r = self.rates(full, rates_are_states, free=s, shift=shift)
+        r = self.rates(full, rates_are_states, free=s)
         w = weights_of(self.edges, params)
         E = 0.0
         if "hopfield" in self.presets:
