@@ -48,7 +48,7 @@ from . import syntax as S
 from .errors import CircuitError, Diagnostic
 from .graph import PhaseSpec
 from .lower.energy import weights_of
-from .lower.relax import NONFINITE, OK, Relaxation
+from .lower.relax import OK
 
 __all__ = ["RuleProgram", "Term", "Atom"]
 
@@ -286,12 +286,8 @@ class RuleProgram:
         start = dict(s0)
         carry = (start, observe(start, params, 0.0), zero, params, opt_state if opt is not None else ())
         _, last, acc, p, opt_state = lax.fori_loop(0, steps, body, carry)
-        s = last["state"]  # what the circuit shows: s, or ŭ with `prospective`
-        code = jnp.asarray(OK)
-        for i, n in reversed(list(enumerate(fns.free))):
-            if n in s:
-                code = jnp.where(jnp.all(jnp.isfinite(s[n])), code, NONFINITE + i)
-        res = Relaxation({**x, **s}, jnp.asarray(steps), code)
+        # what the circuit shows (s, or ŭ with `prospective`), with the relaxations' result code
+        res = model.relaxer._finish(last["state"], x, jnp.asarray(steps), jnp.asarray(OK))
         return (res, p, opt_state) if stream else (res, acc)
 
 
@@ -400,7 +396,6 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
     `want`, "state": what the circuit shows (s, or ŭ with `prospective`)}."""
     fns = model.fns
     vals: dict[str, Any] = {}
-    drives = None
     if model.relaxer.prospective:
         # latent equilibrium: the circuit shows (and its rules read) the prospective
         # state ŭ; the slow membrane state s only follows it
@@ -412,12 +407,12 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
         s = u
     elif getattr(fns, "vector_field", False):
         if hasattr(fns, "compartments"):
-            force, comps = fns.force(s, params, x, drives, beta, y, t=t, observe=True)
+            force, comps = fns.force(s, params, x, None, beta, y, t=t, observe=True)
             for n, d in comps.items():
                 for c, v in d.items():
                     vals[f"{n}.{c}"] = v
         else:
-            force = fns.force(s, params, x, drives, beta, y)
+            force = fns.force(s, params, x, None, beta, y)
     else:
         def total(u):
             E = fns.energy(u, params, x, None)
@@ -442,11 +437,8 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
             vals[key] = fns.act[pop](full[pop])
         elif pop in full and member == fns_main(fns, pop):
             vals[key] = full[pop]
-        elif key in full:
+        else:  # a cell's other state variable (compartments came with the force)
             vals[key] = full[key]
-        else:  # the soma of a population without a cell type: its summed input
-            mu = mu or _net_input(model, full, params, x)
-            vals[key] = mu.get(pop, jnp.zeros_like(full[pop]))
     return {"force": force, "values": vals, "state": dict(s)}
 
 

@@ -79,12 +79,11 @@ class CellFunctions(VectorFieldFunctions):
                 out[key] = out[key] + v if key in out else v
         return out
 
-    def compartments(self, s, params, x, drives=None, rates=None) -> dict[tuple[str, str], Array]:
+    def compartments(self, s, params, x, drives=None) -> dict[tuple[str, str], Array]:
         """The summed drive of every (population, compartment) that receives one, biases included."""
         w = weights_of(self.edges, params)
         full = {**x, **{n: s[n] for n in self.free if n in s}}
-        if rates is None:
-            rates = {n: self.act[n](v) for n, v in full.items()}
+        rates = {n: self.act[n](v) for n, v in full.items()}
         out: dict[tuple[str, str], Array] = dict(drives) if drives is not None else {}
         for e in self.edges:
             if e.post not in s:
@@ -102,16 +101,10 @@ class CellFunctions(VectorFieldFunctions):
         return out
 
     # ---------------------------------------------------------------- force --
-    def force(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, rates=None,
-              observe: bool = False):
+    def force(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, observe: bool = False):
         """d(state)/dt for every state key (in `s`'s order); with `observe`, also
         {population: {compartment: value}} as the equations saw them."""
-        f, seen = self.evaluate(s, params, x, drives, beta, y, t=t, rates=rates)
-        return (f, seen) if observe else f
-
-    def evaluate(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, rates=None):
-        """(ds/dt by state key, {population: {compartment: value}})."""
-        comps = self.compartments(s, params, x, drives, rates)
+        comps = self.compartments(s, params, x, drives)
         extra: dict[str, Array] = {}
         if beta is not None:
             mains = {n: s[n] for n in self.free}
@@ -151,15 +144,8 @@ class CellFunctions(VectorFieldFunctions):
                     rhs = rhs + extra[n]
                 tau = self.ev.eval(ode.tau, env) if ode.tau is not None else 1.0
                 f[key] = jnp.broadcast_to(rhs / tau, s[key].shape).astype(s[key].dtype)
-        return {k: f[k] for k in s}, seen
-
-    def net_input(self, s, params, x, drives=None) -> dict[str, Array]:
-        """μ per free population: the sum of its compartments (what its inputs predict)."""
-        comps = self.compartments(s, params, x, drives)
-        out: dict[str, Array] = {}
-        for (n, _), v in comps.items():
-            out[n] = out[n] + v if n in out else v
-        return out
+        ordered = {k: f[k] for k in s}
+        return (ordered, seen) if observe else ordered
 
     def update_potential(self, params, delta: Mapping[str, Array], s0, x) -> Array:
         return super().update_potential(params, {n: delta[n] for n in self.free if n in delta}, s0, x)
