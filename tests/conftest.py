@@ -21,6 +21,29 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="module")
+def x64():
+    """float64 for a whole test module (`pytestmark = pytest.mark.usefixtures("x64")`);
+    the global setting is restored afterwards."""
+    import jax
+
+    ctx = None
+    if callable(getattr(jax, "enable_x64", None)):
+        ctx = jax.enable_x64(True)
+    elif hasattr(jax, "experimental") and callable(getattr(jax.experimental, "enable_x64", None)):
+        ctx = jax.experimental.enable_x64()
+    if ctx is not None:
+        with ctx:
+            yield
+        return
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
 def pytest_configure(config):
     """Strict JAX in tests: implicit rank promotion is an error (warnings are errors too, see pyproject)."""
     import jax

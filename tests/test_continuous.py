@@ -44,14 +44,7 @@ learn rules {
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("x64")  # every test here runs in float64
 
 
 def _mlp_loss(p, x, y):

@@ -23,14 +23,7 @@ from circuitlang.errors import CircuitError
 from .conftest import ROOT
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("x64")  # every test here runs in float64
 
 
 def _batch(n_in, n_out, B=6, seed=0):
@@ -279,13 +272,10 @@ def test_stdp_example_learns_digits_quickly(tmp_path):
     from circuitlang.data import load
     from circuitlang.train import train
 
-    jax.config.update("jax_enable_x64", False)
-    try:
+    with jax.enable_x64(False):  # training as users run it, in float32
         model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))
         data = load("digits")
         result = train(model, data, epochs=2, progress=False)
-    finally:
-        jax.config.update("jax_enable_x64", True)
     last = result.history[-1]
     assert last["test_accuracy"] > 0.85, last
 

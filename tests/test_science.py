@@ -25,24 +25,7 @@ from . import numpy_reference as ref
 
 
 # ------------------------------------------------------------------ float64 --
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    """Every test here runs in float64; the global setting is restored afterwards."""
-    ctx = None
-    if callable(getattr(jax, "enable_x64", None)):
-        ctx = jax.enable_x64(True)
-    elif hasattr(jax, "experimental") and callable(getattr(jax.experimental, "enable_x64", None)):
-        ctx = jax.experimental.enable_x64()
-    if ctx is not None:
-        with ctx:
-            yield
-        return
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("x64")  # every test here runs in float64
 
 
 # ------------------------------------------------------------------ helpers --
