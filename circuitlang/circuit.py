@@ -60,13 +60,11 @@ class Circuit:
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the learned (and fixed) arrays: weights, then biases."""
         shapes: dict[str, tuple[int, ...]] = {
-            w: (e.shape[0],) if e.kind == "one_to_one" else e.shape
-            for w, e in self.weights.items()
-            if e.plasticity != "tied"
+            w: tuple(e.shape) for w, e in self.weights.items() if e.plasticity != "tied"
         }
         for name, pop in self.populations.items():
             if pop.bias:
-                shapes[f"{name}.bias"] = (pop.size,)
+                shapes[f"{name}.bias"] = tuple(pop.bias_shape)
         return shapes
 
     def parameter_count(self) -> int:

@@ -13,15 +13,21 @@ A checked circuit is a frozen `networkx.MultiDiGraph`:
 * **graph-level**: ``graph.graph["circuit"]`` is a `CircuitSpec`: params,
   functions, cell types, biases, energy, dynamics, costs and learning.
 
-Every payload carries the `Span` of the `.circ` text it came from. Weight
-shapes are always ``(post size, pre size)``: the drive into ``post`` is
-``W @ rho(pre)``. Expressions are kept as `syntax` nodes; `lower/` compiles
-them.
+Every payload carries the `Span` of the `.circ` text it came from. A
+population has a written `shape` (``(N,)``, or ``(C, H, W)``: channels
+first, as in the file; see `layout.py` for the compiled, channels-last
+layout). A connection carries its operator as a chain of `Stage`s (`ops/`):
+the drive into ``post`` is ``sign · gain · stages(W, rho(pre))``; its
+`shape` is the shape of its learned array (a dense weight is
+``(|post|, |pre|)``, a convolution kernel ``(k, k, C_in, C_out)``). A tied
+``B = transpose(K)`` carries K's stages and sends their adjoint back.
+Expressions are kept as `syntax` nodes; `lower/` compiles them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import networkx as nx
@@ -33,6 +39,7 @@ from .source import Span
 __all__ = [
     "PopulationNode",
     "InitSpec",
+    "Stage",
     "ConnectionEdge",
     "NeuronType",
     "OdeSpec",
@@ -54,7 +61,7 @@ _frozen = dataclasses.dataclass(frozen=True)
 
 @_frozen
 class PopulationNode:
-    """A vector of `size` neurons.
+    """`size` neurons, arranged as `shape` (written order: channels first).
 
     `compartments` are the input sites connections can target (``("soma",)``
     for a population without a cell type); `state` its state variables
@@ -75,6 +82,21 @@ class PopulationNode:
     lo: float | None = None  # state bounds: projected dynamics (`min=`, `max=`)
     hi: float | None = None
     bias_init: "InitSpec | None" = None  # `bias y init=constant(0.5)`; zeros when None
+    shape: tuple[int, ...] = ()  # as written: (N,) or (C, H, W); () means (size,)
+    bias_per: str = "channel"  # a shaped population's bias: one per `channel` or per `neuron`
+
+    def __post_init__(self) -> None:
+        if not self.shape:
+            object.__setattr__(self, "shape", (self.size,))
+
+    @property
+    def bias_shape(self) -> tuple[int, ...]:
+        """The learned bias: (N,) for a vector, (C,) per channel, else one per neuron (compiled layout)."""
+        if len(self.shape) == 1:
+            return self.shape
+        if self.bias_per == "channel":
+            return (self.shape[0],)
+        return (*self.shape[1:], self.shape[0])
 
 
 @_frozen
@@ -83,6 +105,22 @@ class InitSpec:
 
     scheme: str
     args: tuple[float, ...] = ()
+
+
+@_frozen
+class Stage:
+    """One resolved operator of a connection: `kind` names an entry of `ops.OPS`,
+    `args` its arguments (name, value), the shapes are written shapes."""
+
+    kind: str
+    args: tuple[tuple[str, object], ...]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    span: Span | None = None
+
+    @property
+    def kw(self) -> dict[str, object]:
+        return dict(self.args)
 
 
 @_frozen
@@ -99,7 +137,7 @@ class ConnectionEdge:
     post: str
     weight: str | None
     compartment: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     init: InitSpec
     plasticity: str
     tied_to: str | None
@@ -107,6 +145,14 @@ class ConnectionEdge:
     sign: int
     gain: float
     span: Span
+    stages: tuple[Stage, ...] = ()
+    flops: int = 0  # of one forward pass, per example
+
+    @property
+    def weighted_stage(self) -> "Stage | None":
+        from .ops import OPS
+
+        return next((s for s in self.stages if OPS[s.kind].weighted), None)
 
 
 @_frozen
@@ -237,6 +283,34 @@ def weights(graph: nx.MultiDiGraph) -> dict[str, ConnectionEdge]:
     return {e.weight: e for e in found if e.weight is not None}
 
 
+def _stage_problems(key: str, edge: ConnectionEdge, pre: tuple[int, ...], post: tuple[int, ...]) -> list[str]:
+    """The chain of a connection fits its ends and its weight (a transposed tie runs it backwards)."""
+    from .ops import OPS
+
+    out = []
+    if not edge.stages:
+        return [f"edge {key}: no stages"]
+    start, end = (post, pre) if edge.transposed else (pre, post)
+    if edge.stages[0].in_shape != start or edge.stages[-1].out_shape != end:
+        out.append(f"edge {key}: its stages map {edge.stages[0].in_shape} to {edge.stages[-1].out_shape}, "
+                   f"not {start} to {end}")
+    for a, b in zip(edge.stages, edge.stages[1:]):
+        if a.out_shape != b.in_shape:
+            out.append(f"edge {key}: stage {a.kind} gives {a.out_shape} but {b.kind} takes {b.in_shape}")
+    for st in edge.stages:
+        if st.kind not in OPS:
+            out.append(f"edge {key}: unknown stage kind {st.kind!r}")
+    weighted = [st for st in edge.stages if st.kind in OPS and OPS[st.kind].weighted]
+    if len(weighted) > 1:
+        out.append(f"edge {key}: more than one stage owns a weight")
+    if edge.weight is not None and weighted:
+        st = weighted[0]
+        want = tuple(OPS[st.kind].weight_shape(st.kw, st.in_shape, st.out_shape))
+        if want != tuple(edge.shape):
+            out.append(f"edge {key}: shape {edge.shape} is not its stage's {want}")
+    return out
+
+
 def validate(graph: nx.MultiDiGraph) -> None:
     """Check the graph against the schema above; raise `ValueError` if it is off.
 
@@ -258,6 +332,8 @@ def validate(graph: nx.MultiDiGraph) -> None:
         pops[name] = pop
         if pop.size < 1 or pop.role not in P.ROLES or not pop.compartments or not pop.state:
             problems.append(f"node {name!r}: bad size, role, compartments or state")
+        if math.prod(pop.shape) != pop.size:
+            problems.append(f"node {name!r}: shape {pop.shape} does not hold {pop.size} neurons")
     seen: set[str] = set()
     for pre, post, key, data in graph.edges(keys=True, data=True):
         edge = data.get("payload")
@@ -271,9 +347,7 @@ def validate(graph: nx.MultiDiGraph) -> None:
         if post not in pops or pre not in pops:
             problems.append(f"edge {key}: an end has no valid population payload")
             continue
-        sizes = (pops[post].size, pops[pre].size)
-        if edge.shape != sizes:
-            problems.append(f"edge {key}: shape {edge.shape} is not (|post|, |pre|) = {sizes}")
+        problems.extend(_stage_problems(key, edge, pops[pre].shape, pops[post].shape))
         if edge.compartment not in pops[post].compartments:
             problems.append(f"edge {key}: compartment {edge.compartment!r} missing on {post}")
         if edge.weight is not None:
@@ -288,9 +362,8 @@ def validate(graph: nx.MultiDiGraph) -> None:
     for edge in all_w.values():
         if edge.tied_to is not None:
             target = all_w.get(edge.tied_to)
-            want = target.shape[::-1] if (target and edge.transposed) else (target.shape if target else None)
-            if want != edge.shape:
-                problems.append(f"weight {edge.weight}: tied shape does not match {edge.tied_to}")
+            if target is None or target.shape != edge.shape or target.stages != edge.stages:
+                problems.append(f"weight {edge.weight}: shape or operator differs from {edge.tied_to}, its tie")
     if isinstance(spec, CircuitSpec) and spec.learning is not None:
         names = {p.name for p in spec.learning.phases}
         for rule in spec.learning.rules:

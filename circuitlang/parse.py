@@ -360,16 +360,34 @@ class _ToSyntax:
         return S.Neuron(self._ident(name), comps, odes, lets, self._span(meta))
 
     @_rule
+    def shape(self, meta, kids):
+        return tuple(kids)
+
+    @_rule
     def population(self, meta, kids):
-        name, cell_type, size, *options = kids
+        name, cell_type, shape, *options = kids
         ctype = self._ident(cell_type) if cell_type is not None else None
-        return S.Population(self._ident(name), ctype, size, tuple(options), self._span(meta))
+        return S.Population(self._ident(name), ctype, shape, tuple(options), self._span(meta))
+
+    @_rule
+    def op_args(self, meta, kids):
+        return tuple(kids)
+
+    @_rule
+    def op_call(self, meta, kids):
+        name, args = kids
+        args = args or ()
+        positional = tuple(a for a in args if not isinstance(a, S.Option))
+        keywords = tuple(a for a in args if isinstance(a, S.Option))
+        return S.OpCall(self._ident(name), positional, keywords, self._span(meta))
 
     @_rule
     def connection(self, meta, kids):
-        pre, arrow, post, weight, tie, *options = kids
+        pre, arrow, post, weight, tie, *rest = kids
         w = self._ident(weight) if weight is not None else None
-        return S.Connection(pre, str(arrow), post, w, tie, tuple(options), self._span(meta))
+        options = tuple(k for k in rest if isinstance(k, S.Option))
+        ops = tuple(k for k in rest if isinstance(k, S.OpCall))
+        return S.Connection(pre, str(arrow), post, w, tie, options, self._span(meta), ops)
 
     @_rule
     def bias(self, meta, kids):

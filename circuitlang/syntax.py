@@ -173,11 +173,19 @@ class Neuron:
 
 @_node
 class Population:
+    """`population NAME [: TYPE] [d1, d2, ...] options`; `shape` as written
+    (one size for a vector; channels, height, width for an image)."""
+
     name: Ident
     cell_type: Ident | None
-    size: Expr
+    shape: tuple[Expr, ...]
     options: tuple[Option, ...]
     span: Span
+
+    @property
+    def size(self) -> Expr:
+        """The first dimension (the size of a vector population)."""
+        return self.shape[0]
 
 
 @_node
@@ -188,8 +196,19 @@ class Endpoint:
 
 
 @_node
+class OpCall:
+    """A connection operator as written: `conv(5, padding=2)`, `pool(max, 2)`."""
+
+    name: Ident
+    args: tuple[Expr, ...]
+    kwargs: tuple[Option, ...]
+    span: Span
+
+
+@_node
 class Connection:
-    """`pre ARROW post : W [= tie] options`; `arrow` is `--`, `->` or `=>`."""
+    """`pre ARROW post : W [= tie] ops options`; `arrow` is `--`, `->` or `=>`;
+    `ops` the operators in the order written (empty: dense, or one-to-one for `=>`)."""
 
     pre: Endpoint
     arrow: str
@@ -198,6 +217,7 @@ class Connection:
     tie: Expr | None
     options: tuple[Option, ...]
     span: Span
+    ops: tuple[OpCall, ...] = ()
 
 
 @_node

@@ -51,7 +51,8 @@ def test_mirror_example_compartments_and_ties(root):
     assert s1.cell_type == "pyramidal" and s1.compartments == ("basal", "apical") and s1.state == ("s",)
     b2 = circ.weights["B2"]
     assert (b2.plasticity, b2.tied_to, b2.transposed, b2.compartment) == ("tied", "W2", True, "apical")
-    assert b2.shape == circ.weights["W2"].shape[::-1]
+    # a tied weight reads its target's array and runs its operator backwards
+    assert b2.shape == circ.weights["W2"].shape and b2.stages == circ.weights["W2"].stages
     assert circ.weights["V1b"].sign == -1
     rules = circ.spec.learning.rules
     assert [r.weights for r in rules] == [("V1f",), ("V1b",), ("W1",), ("W2",)]
@@ -92,7 +93,8 @@ def test_one_to_one_and_fixed():
         "a => b gain=0.5\nb -> c : F fixed init=normal(0.1)\nc -> b : B\ndynamics leaky\n"
     )
     o = next(e for e in circ.connections if e.kind == "one_to_one")
-    assert (o.weight, o.gain, o.plasticity, o.shape) == (None, 0.5, "fixed", (4, 4))
+    assert (o.weight, o.gain, o.plasticity, o.shape) == (None, 0.5, "fixed", ())  # no array of its own
+    assert [s.kind for s in o.stages] == ["one_to_one"]
     f = circ.weights["F"]
     assert f.plasticity == "fixed" and f.init.scheme == "normal" and f.init.args == (0.1,)
     assert "F" in circ.parameter_shapes()  # fixed weights are arrays too, just not learned

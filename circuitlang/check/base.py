@@ -39,6 +39,7 @@ class BuilderBase:
         self.edges: list[ConnectionEdge] = []
         self.biased: dict[str, Span] = {}
         self.bias_inits: dict[str, object] = {}  # population -> InitSpec of `bias ... init=`
+        self.bias_per: dict[str, str] = {}  # population -> `channel` / `neuron` of `bias ... per=`
         self.names: dict[str, tuple[str, Span]] = {}  # global namespace: name -> (kind, span)
         self.param_decls: dict[str, Span] = {}  # every param of the file, defined yet or not
         self.broken: set[str] = set()  # params whose value could not be computed

@@ -101,7 +101,8 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
         self.memory_estimate()
 
         pops = {
-            n: dataclasses.replace(p, bias=n in self.biased, bias_init=self.bias_inits.get(n))
+            n: dataclasses.replace(p, bias=n in self.biased, bias_init=self.bias_inits.get(n),
+                                   bias_per=self.bias_per.get(n, "channel"))
             for n, p in self.pops.items()
         }
         header = headers[0] if headers else None

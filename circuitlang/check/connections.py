@@ -11,13 +11,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from .. import primitives as P
 from .. import syntax as S
 from ..errors import did_you_mean
-from ..graph import ConnectionEdge, InitSpec
+from ..graph import ConnectionEdge, InitSpec, Stage
+from ..layout import describe
+from ..ops import OPS, WRITTEN, ShapeError
+from ..source import Span
 from .base import STATEMENT_WORDS, BuilderBase, fmt_bytes, fmt_num
 
 MAX_PARAMETER_BYTES = 16 * 2**30  # float32 weights beyond this fail early
+MAX_OP_ARG = 10**6  # kernel sizes, strides and paddings
 
 
 class ConnectionsMixin(BuilderBase):
@@ -47,7 +54,7 @@ class ConnectionsMixin(BuilderBase):
                 f"write `{pre.name} {s.arrow} {target} : {guess.name}`",
             )
             weight, options = guess, options[1:]
-        if weight is None and kind != "one_to_one":
+        if weight is None and kind != "one_to_one" and not s.ops:
             self.error(
                 f"this `{s.arrow}` connection needs a weight name",
                 s.span,
@@ -72,7 +79,7 @@ class ConnectionsMixin(BuilderBase):
                     self.error("`gain` applies to one-to-one connections (`=>`)", opt.key_span,
                                "for a weight matrix, scale its `init` instead")
                 gain = self._checked_number(opt.value, spec, "`gain`") or gain
-        if kind == "one_to_one" and weight is None:
+        if weight is None:  # a one-to-one or pooling connection without a weight
             plasticity = "fixed"
         tie_target, transposed = None, False
         if s.tie is not None:
@@ -122,22 +129,32 @@ class ConnectionsMixin(BuilderBase):
                 return
             comp = post_pop.compartments[0]
         pre_pop = self.pops[pre.name]
-        # shape: undirected a -- b stores W as (|a|, |b|): post = a, pre = b
+        # undirected `a -- b : W` maps b to a, like `b -> a`: post = a, pre = b
         if kind == "undirected":
             pre_name, post_name = post.name, pre.name
-            shape = (pre_pop.size, post_pop.size)
+            source, target_pop = post_pop, pre_pop
         else:
             pre_name, post_name = pre.name, post.name
-            shape = (post_pop.size, pre_pop.size)
-        if kind == "one_to_one" and pre_pop.size != post_pop.size:
-            self.error(
-                f"a one-to-one connection needs equal sizes, but `{pre.name}` has {pre_pop.size} neurons and `{post.name}` {post_pop.size}",
-                s.span,
-                "use `->` with a weight for a full connection",
-            )
-            return
-        if kind == "one_to_one":
-            shape = (post_pop.size, pre_pop.size)
+            source, target_pop = pre_pop, post_pop
+        if tie_target is not None:
+            for call in s.ops:
+                self.error(
+                    f"`{weight.name}` is tied to `{tie_target}`: it takes `{tie_target}`'s operator"
+                    + (" (transposed)" if transposed else ""),
+                    call.span,
+                    f"remove `{call.name.name}(...)` from the tied connection",
+                )
+            stages: tuple = ()  # filled in by `ties`, from the target's
+            shape: tuple[int, ...] = ()
+        else:
+            built = self._stages(s, kind, source, target_pop, weight)
+            if built is None:
+                return
+            stages = built
+            owner = next((st for st in stages if OPS[st.kind].weighted), None)
+            shape = ()
+            if owner is not None and weight is not None:
+                shape = tuple(OPS[owner.kind].weight_shape(owner.kw, owner.in_shape, owner.out_shape))
         self.edges.append(
             ConnectionEdge(
                 kind=kind,
@@ -153,8 +170,154 @@ class ConnectionsMixin(BuilderBase):
                 sign=sign,
                 gain=gain,
                 span=s.span,
+                stages=stages,
+                flops=sum(OPS[st.kind].flops(st.kw, st.in_shape, st.out_shape) for st in stages),
             )
         )
+
+    # ------------------------------------------------------------- operators --
+    def _stages(self, s: S.Connection, kind: str, source, target, weight) -> tuple[Stage, ...] | None:
+        """The connection's operators, resolved and shaped from `source` to `target`
+        (None when they cannot be, with the errors reported)."""
+        calls: list[tuple[str, dict, Span]] = []
+        ok = True
+        for call in s.ops:
+            resolved = self._op_call(call, s.arrow)
+            if resolved is None:
+                ok = False
+            else:
+                calls.append(resolved)
+        if not ok:
+            return None
+        if kind == "one_to_one":
+            calls = [("one_to_one", {}, s.span)]
+        weighted = [c for c in calls if OPS[c[0]].weighted]
+        if len(weighted) > 1:
+            self.error(
+                f"a connection has one weight, but `{weighted[0][0]}` and `{weighted[1][0]}` both need one",
+                weighted[1][2],
+                "write each weighted operator as its own connection, through a population",
+            )
+            return None
+        if kind != "one_to_one":
+            if weighted and weight is None:
+                self.error(
+                    f"`{weighted[0][0]}(...)` learns a weight, so this connection needs a weight name",
+                    s.span,
+                    f"write `{s.pre.population.name} {s.arrow} {s.post.population.name} : K {weighted[0][0]}(...)`",
+                )
+                return None
+            if weight is not None and not weighted:
+                calls.append(("dense", {}, s.span))
+        shape = source.shape
+        stages = []
+        for i, (name, args, span) in enumerate(calls):
+            op = OPS[name]
+            try:
+                out = tuple(op.out_shape(args, shape, target.shape, i == len(calls) - 1))
+            except ShapeError as exc:
+                names = {"source": f"`{source.name}`", "target": f"`{target.name}`"}
+                self.error(exc.message.format(**names), span, exc.hint and exc.hint.format(**names))
+                return None
+            stages.append(Stage(name, tuple(args.items()), tuple(shape), out, span))
+            shape = out
+        if tuple(shape) != tuple(target.shape):
+            last = stages[-1]
+            self.error(
+                f"this connection delivers {describe(shape)} ({_chain_text(stages)}) but `{target.name}` "
+                f"is {describe(target.shape)}",
+                last.span,
+                _fit_hint(stages, source.shape, target.shape),
+            )
+            return None
+        return tuple(stages)
+
+    def _op_call(self, call: S.OpCall, arrow: str):
+        """(kind, {argument: value}, span) of one written operator, or None (reported)."""
+        name = call.name.name
+        op = OPS.get(name)
+        if op is None or not op.written:
+            self.error(
+                f"unknown connection operator `{name}`{did_you_mean(name, WRITTEN)}",
+                call.name.span,
+                "operators: " + ", ".join(f"{n}(...)" for n in WRITTEN)
+                + "; a dense weight needs no operator (`x -> h : W`)",
+            )
+            return None
+        if arrow not in op.arrows:
+            self.error(f"`{name}(...)` cannot follow `{arrow}`", call.name.span,
+                       "one-to-one connections (`=>`) take no operators" if arrow == "=>" else None)
+            return None
+        values: dict[str, object] = {}
+        ok = True
+        if len(call.args) > len(op.args):
+            self.error(
+                f"`{name}` takes at most {len(op.args)} arguments ({', '.join(a.name for a in op.args)}), "
+                f"{len(call.args)} given",
+                call.args[len(op.args)].span,
+            )
+            ok = False
+        given = list(zip(op.args, call.args)) + [
+            (next((a for a in op.args if a.name == kw.key), None), kw) for kw in call.kwargs
+        ]
+        for spec, expr in given:
+            if spec is None:
+                self.error(
+                    f"`{name}` has no argument `{expr.key}`{did_you_mean(expr.key, [a.name for a in op.args])}",
+                    expr.key_span,
+                    "arguments: " + ", ".join(a.name for a in op.args),
+                )
+                ok = False
+                continue
+            if spec.name in values:
+                self.error(f"argument `{spec.name}` of `{name}` is given twice", getattr(expr, "key_span", expr.span))
+                ok = False
+                continue
+            value = self._op_arg(name, spec, expr.value if isinstance(expr, S.Option) else expr)
+            if value is None:
+                ok = False
+            else:
+                values[spec.name] = value
+        for spec in op.args:
+            if spec.name not in values:
+                if spec.default is None:
+                    if ok:
+                        self.error(f"`{name}` needs its `{spec.name}` ({spec.doc})", call.span,
+                                   f"e.g. `{name}(" + ", ".join(_example(a) for a in op.args if a.default is None) + ")`")
+                    ok = False
+                else:
+                    values[spec.name] = spec.default
+        return (name, values, call.span) if ok else None
+
+    def _op_arg(self, op: str, spec, expr: S.Expr | None):
+        if expr is None:
+            self.error(f"`{spec.name}` of `{op}` needs a value", None)
+            return None
+        if spec.kind in ("choice", "int_or_choice") and isinstance(expr, S.Var) and expr.name not in self.params:
+            if expr.name in spec.choices:
+                return expr.name
+            self.error(
+                f"`{expr.name}` is not a valid `{spec.name}` of `{op}`{did_you_mean(expr.name, spec.choices)}",
+                expr.span,
+                f"`{spec.name}` is " + (" or ".join(f"`{c}`" for c in spec.choices))
+                + (" or a whole number" if spec.kind == "int_or_choice" else ""),
+            )
+            return None
+        if spec.kind == "choice":
+            self.error(f"`{spec.name}` of `{op}` is a name: " + ", ".join(spec.choices), expr.span)
+            return None
+        value = self.const(expr, f"`{spec.name}` of `{op}`")
+        if value is None:
+            return None
+        if value != int(value) or value < spec.minimum or value > MAX_OP_ARG:
+            low = f"at least {spec.minimum}" if value < spec.minimum else f"at most {MAX_OP_ARG:,}"
+            self.error(
+                f"`{spec.name}` of `{op}` must be a whole number {low if value == int(value) else ''}".rstrip()
+                + f", not {fmt_num(value)}",
+                expr.span,
+            )
+            return None
+        return int(value)
 
     def _init(self, value: S.Expr) -> InitSpec | None:
         if isinstance(value, S.Var):
@@ -219,8 +382,10 @@ class ConnectionsMixin(BuilderBase):
         return target, transposed
 
     def ties(self) -> None:
+        """`B = W` / `B = transpose(W)`: the tied connection takes W's operator (run
+        backwards when transposed), so its ends must have the shapes W's ends have."""
         by_weight = self.weight_edges()
-        for e in self.edges:
+        for i, e in enumerate(self.edges):
             if e.tied_to is None:
                 continue
             target = by_weight.get(e.tied_to)
@@ -233,33 +398,50 @@ class ConnectionsMixin(BuilderBase):
                     f"tie `{e.weight}` directly to `{target.tied_to}`",
                 )
                 continue
-            want = target.shape[::-1] if e.transposed else target.shape
-            if want != e.shape:
-                form = f"transpose({e.tied_to})" if e.transposed else e.tied_to
-                hint = (
-                    f"use `= {e.tied_to}`" if e.transposed and target.shape == e.shape
-                    else f"use `= transpose({e.tied_to})`" if target.shape[::-1] == e.shape else None
-                )
-                self.error(
-                    f"shape mismatch: `{e.weight}` is {e.shape[0]}×{e.shape[1]} ({_rows(e)}), but `{form}` is "
-                    f"{want[0]}×{want[1]} ({_rows(target, e.transposed)})",
-                    self.tie_spans.get(e.weight, e.span),
-                    hint,
-                )
+            ends = (self.pops[e.pre].shape, self.pops[e.post].shape)
+            fwd = (self.pops[target.pre].shape, self.pops[target.post].shape)
+            want = fwd[::-1] if e.transposed else fwd
+            if ends != want:
+                self._tie_mismatch(e, target, ends, fwd)
+                continue
+            self.edges[i] = dataclasses.replace(e, stages=target.stages, shape=target.shape, flops=target.flops)
+
+    def _tie_mismatch(self, e: ConnectionEdge, target: ConnectionEdge, ends, fwd) -> None:
+        form = f"transpose({e.tied_to})" if e.transposed else e.tied_to
+        fits_other = (ends == fwd) if e.transposed else (ends == fwd[::-1])
+        hint = (f"use `= {e.tied_to}`" if e.transposed else f"use `= transpose({e.tied_to})`") if fits_other else None
+        at = self.tie_spans.get(e.weight, e.span)
+        if all(len(s) == 1 for s in (*ends, *fwd)) and target.weighted_stage is not None \
+                and target.weighted_stage.kind == "dense":
+            own = (math.prod(ends[1]), math.prod(ends[0]))
+            other = (math.prod(fwd[0]), math.prod(fwd[1])) if e.transposed else (math.prod(fwd[1]), math.prod(fwd[0]))
+            self.error(
+                f"shape mismatch: `{e.weight}` is {own[0]}×{own[1]} ({_rows(e)}), but `{form}` is "
+                f"{other[0]}×{other[1]} ({_rows(target, e.transposed)})",
+                at, hint,
+            )
+            return
+        self.error(
+            f"shape mismatch: `{e.weight}` maps `{e.pre}` {describe(ends[0])} to `{e.post}` {describe(ends[1])}, "
+            f"but `{form}` maps {describe(fwd[1] if e.transposed else fwd[0])} to "
+            f"{describe(fwd[0] if e.transposed else fwd[1])}",
+            at, hint,
+        )
 
     # -------------------------------------------------------------- memory --
     def memory_estimate(self) -> None:
-        total = sum(e.shape[0] * e.shape[1] for e in self.edges if e.weight and e.plasticity != "tied")
-        total += sum(self.pops[p].size for p in self.biased if p in self.pops)
+        learned = [e for e in self.edges if e.weight and e.plasticity != "tied"]
+        total = sum(math.prod(e.shape) for e in learned)
+        total += sum(math.prod(self.pops[p].bias_shape) for p in self.biased if p in self.pops)
         nbytes = 4 * total
         if nbytes > MAX_PARAMETER_BYTES:
-            big = max((e for e in self.edges if e.weight), key=lambda e: e.shape[0] * e.shape[1])
+            big = max(learned, key=lambda e: math.prod(e.shape))
             self.error(
                 f"this circuit has {total:,} parameters, which need {fmt_bytes(nbytes)} in float32 "
                 f"(the limit is {fmt_bytes(MAX_PARAMETER_BYTES)})",
                 big.span,
-                f"the largest weight, `{big.weight}` ({big.shape[0]:,}×{big.shape[1]:,}), needs "
-                f"{fmt_bytes(4 * big.shape[0] * big.shape[1])}; check the population sizes",
+                f"the largest weight, `{big.weight}` ({'×'.join(f'{d:,}' for d in big.shape)}), needs "
+                f"{fmt_bytes(4 * math.prod(big.shape))}; check the population sizes",
             )
 
 
@@ -277,3 +459,20 @@ def _rows(e: ConnectionEdge, transposed: bool = False) -> str:
     """`|h| × |y|`: which populations a weight's rows and columns follow."""
     rows, cols = (e.pre, e.post) if transposed else (e.post, e.pre)
     return f"`{rows}` × `{cols}`"
+
+
+def _chain_text(stages) -> str:
+    """`conv 5×5 pad 2 → max-pool 2×2`."""
+    return " → ".join(OPS[st.kind].label(st.kw) for st in stages)
+
+
+def _fit_hint(stages, source: tuple[int, ...], target: tuple[int, ...]) -> str:
+    got = stages[-1].out_shape
+    if len(got) == len(target) and got[0] == target[0] and len(got) > 1:
+        return ("the spatial sizes differ: change the padding, stride or pooling, "
+                f"or make the target `{describe(got)}`")
+    return f"make the target `{describe(got)}`, or change the operators"
+
+
+def _example(arg) -> str:
+    return arg.choices[0] if arg.kind == "choice" else "3"

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .. import primitives as P
 from .. import syntax as S
 from ..errors import did_you_mean
@@ -16,6 +18,8 @@ from ..graph import PopulationNode
 from .base import BuilderBase, fmt_bytes, fmt_num
 
 MAX_POPULATION = 10**8
+BIAS_PER = ("channel", "neuron")
+MAX_RANK = 4  # channels + up to three spatial dimensions
 
 
 class PopulationsMixin(BuilderBase):
@@ -24,22 +28,8 @@ class PopulationsMixin(BuilderBase):
     # --------------------------------------------------------- populations --
     def population(self, s: S.Population) -> None:
         ok = self.declare(s.name, "population")
-        size = self.const(s.size, f"the size of `{s.name.name}`")
-        if size is not None:
-            if size != int(size) or size < 1:
-                self.error(
-                    f"the size of `{s.name.name}` must be a positive whole number, not {fmt_num(size)}",
-                    s.size.span,
-                )
-                size = 1
-            elif size > MAX_POPULATION:
-                self.error(
-                    f"`{s.name.name}` has {fmt_num(size)} neurons; the limit is {MAX_POPULATION:,}",
-                    s.size.span,
-                    f"its state alone would take {fmt_bytes(size * 4)} per example; check the size",
-                )
-                size = 1
-        size = int(size) if size is not None else 1
+        shape = self._shape(s)
+        size = math.prod(shape)
         roles = []
         activation = "rho" if "rho" in self.functions else "identity"
         tau = 1.0
@@ -92,8 +82,44 @@ class PopulationsMixin(BuilderBase):
         if ok:
             self.pops[s.name.name] = PopulationNode(
                 s.name.name, size, role, ctype, comps, state, activation, tau, False, s.span,
-                bounds.get("min"), bounds.get("max"),
+                bounds.get("min"), bounds.get("max"), shape=shape,
             )
+
+    def _shape(self, s: S.Population) -> tuple[int, ...]:
+        """`[64]` or `[C, H, W]`: positive whole sizes, at most `MAX_RANK` of them, within
+        `MAX_POPULATION` neurons in all (a bad size counts as 1, so checking goes on)."""
+        name = s.name.name
+        if len(s.shape) > MAX_RANK:
+            self.error(
+                f"`{name}` has {len(s.shape)} dimensions; a population is a vector `[N]` or "
+                f"`[channels, ...]` with at most {MAX_RANK - 1} spatial dimensions",
+                s.shape[MAX_RANK].span,
+                "e.g. `[64]` or `[32, 14, 14]` (channels, height, width)",
+            )
+        dims: list[float] = []
+        for i, expr in enumerate(s.shape[:MAX_RANK]):
+            what = f"the size of `{name}`" if len(s.shape) == 1 else f"dimension {i + 1} of `{name}`"
+            value = self.const(expr, what)
+            if value is None:
+                dims.append(1)
+            elif value != int(value) or value < 1:
+                self.error(f"{what} must be a positive whole number, not {fmt_num(value)}", expr.span)
+                dims.append(1)
+            elif value > MAX_POPULATION:
+                dims.append(value)
+            else:
+                dims.append(int(value))
+        total = math.prod(float(d) for d in dims)
+        if total > MAX_POPULATION:
+            written = "×".join(fmt_num(d) for d in dims) if len(dims) > 1 else fmt_num(dims[0])
+            self.error(
+                f"`{name}` has {fmt_num(total) if total < 1e15 else f'{total:.3g}'} neurons"
+                + (f" ({written})" if len(dims) > 1 else "") + f"; the limit is {MAX_POPULATION:,}",
+                s.shape[0].span if len(s.shape) == 1 else s.span,
+                f"its state alone would take {fmt_bytes(total * 4)} per example; check the size",
+            )
+            return (1,) * len(dims)
+        return tuple(int(d) for d in dims)
 
     def _function_name(self, opt: S.Option) -> str | None:
         v = opt.value
@@ -128,12 +154,18 @@ class PopulationsMixin(BuilderBase):
     # ---------------------------------------------------------------- bias --
     def bias(self, s: S.Bias) -> None:
         init = None
+        per = None
         for opt in s.options:
             if opt.key == "init" and opt.value is not None:
                 init = self._init(opt.value)
+            elif opt.key == "per" and isinstance(opt.value, S.Var) and opt.value.name in BIAS_PER:
+                per = opt.value.name
+            elif opt.key == "per":
+                self.error("`per=` is `channel` (one bias per channel, the default) or `neuron`",
+                           opt.value.span if opt.value is not None else opt.span)
             else:
-                self.error(f"`bias` takes only `init=`, not `{opt.key}`", opt.span,
-                           "write `bias h, y` (zeros) or `bias y init=constant(0.5)`")
+                self.error(f"`bias` takes only `init=` and `per=`, not `{opt.key}`", opt.span,
+                           "write `bias h, y` (zeros), `bias y init=constant(0.5)` or `bias h1 per=neuron`")
         for p in s.populations:
             if p.name not in self.pops:
                 self._unknown_population(p)
@@ -149,3 +181,5 @@ class PopulationsMixin(BuilderBase):
                 self.biased[p.name] = p.span
                 if init is not None:
                     self.bias_inits[p.name] = init
+                if per is not None:
+                    self.bias_per[p.name] = per
