@@ -3,6 +3,8 @@
 All return an estimate of dLoss/dθ (Loss = mean cost over the batch at the
 free fixed point), shaped like `params`, with zeros for fixed weights, so any
 two can be compared on the same circuit and any optax optimizer consumes them.
+Each is one entry of `primitives.ESTIMATORS`, which names its function here
+and what it needs (checked by `check/estimators.py` before anything runs):
 
 * ``one_sided`` (Scellier & Bengio 2017): (1/β)(∂E/∂θ(s^β) − ∂E/∂θ(s^0))
 * ``random_sign``: the same with β's sign drawn per batch
@@ -11,9 +13,13 @@ two can be compared on the same circuit and any optax optimizer consumes them.
   Re (1/Nβ) Σ_k e^{−2πik/N} ∂E/∂θ(s^{β_k}) — a Cauchy-integral derivative;
   N = 2 is ``symmetric``
 * ``chl`` (Movellan 1991): ∂E/∂θ(output clamped) − ∂E/∂θ(free)
+* ``rules``: the file's local rules integrated over its phases
 * ``gradient``: the true gradient by implicit differentiation at the free
   fixed point (a dense solve per example)
 * ``bptt``: autodiff through the unrolled free phase
+
+On a vector field (no energy) the EqProp estimators use the generalized
+update of Scellier et al. 2018 (`VectorFieldFunctions.update_potential`).
 """
 
 from __future__ import annotations
@@ -24,105 +30,50 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import syntax as S
-from .errors import CircuitError, Diagnostic
+from . import primitives as P
 
-__all__ = ["estimate", "estimate_with_state", "check_method", "METHODS", "NON_ANALYTIC"]
-
-METHODS = ("one_sided", "random_sign", "symmetric", "holomorphic", "chl", "rules", "gradient", "bptt")
-NON_ANALYTIC = frozenset({"clip", "hard_sigmoid", "relu", "abs", "sign", "min", "max", "where"})
+__all__ = ["estimate", "estimate_with_state", "check_method"]
 
 
 def check_method(model, method: str) -> None:
-    """Raise a clear error when `method` cannot work on this circuit."""
-    if method not in METHODS:
-        raise CircuitError(f"unknown estimator `{method}`; choose one of: {', '.join(METHODS)}")
-    if method == "rules" and model.rules is None:
-        raise CircuitError("estimator `rules` needs local rules: write them in `learn rules { ... }`")
-    if method in ("one_sided", "random_sign", "symmetric", "holomorphic", "chl") and model.nudge_phase is None:
-        raise CircuitError(f"estimator `{method}` needs a second (nudged) phase in the `learn` block")
-    if getattr(model.fns, "vector_field", False) and method in ("holomorphic", "chl"):
-        raise CircuitError(f"estimator `{method}` needs an energy; for `dynamics leaky` use one_sided, "
-                           "random_sign, symmetric, gradient or bptt")
-    if method == "holomorphic" and _points(model) > 2:
-        bad = _non_analytic(model)
-        if bad:
-            name, span = bad
-            raise CircuitError(
-                Diagnostic(
-                    f"the holomorphic estimator runs the dynamics with complex β, but `{name}` is not analytic",
-                    span,
-                    "use an analytic activation (tanh, sigmoid, identity, exp, ...) or `points=2` (= symmetric)",
-                ),
-                model.circuit.source,
-            )
-
-
-def _points(model) -> int:
-    opts = model.learning.estimator_options if model.learning else {}
-    return int(opts.get("points", 4))
-
-
-def _non_analytic(model):
-    for pop in model.fns.pops.values():
-        if pop.role == "input":
-            continue
-        name = pop.activation
-        if name in NON_ANALYTIC:
-            return name, pop.span
-        fn = model.spec.functions.get(name)
-        if fn is not None:
-            for node in S.walk(fn.body):
-                if isinstance(node, S.Call) and node.fn.name in NON_ANALYTIC:
-                    return node.fn.name, node.fn.span
-    return None
+    """Raise the checker's located error when `method` cannot work on this circuit."""
+    model.check_estimator(method)
 
 
 # ------------------------------------------------------------------- helpers --
-def _proto(model) -> bool:
+def _rate_form(model) -> bool:
+    """The prototypical integrator reads free states as rates: E then drops its ½|s|²."""
     return model.free_phase.integrator == "prototypical"
 
 
-def _dE_dtheta(model, params, state, x):
-    """∂E/∂θ at a state, as a function we differentiate."""
-    proto = _proto(model)
-    free = {n: state[n] for n in model.free if n not in x}
-    return jax.grad(
-        lambda p: model.fns.energy(free, p, x, None, leak=not proto, rates_are_states=proto)
-    )(params)
+def _contrast(model, params, a, b, x, s0, xa=None):
+    """The EqProp difference between two states `a` and `b`, as a parameter gradient:
 
-
-def _contrast(model, params, a, b, x, xa=None, xb=None):
-    """∂E/∂θ(a) − ∂E/∂θ(b) in one gradient call.
-
-    With the same clamped inputs in both states, the clamped populations'
-    drives (W ρ(x), ...) are computed once inside the differentiated function:
-    autodiff then sums the two phases' cotangents before the backward product,
-    so the input weight's update costs one matmul, as in hand-written EqProp.
+    * on an energy, ∂E/∂θ(a) − ∂E/∂θ(b) in one gradient call. With the same clamped
+      inputs in both states, the clamped populations' drives (W ρ(x), ...) are computed
+      once inside the differentiated function: autodiff then sums the two phases'
+      cotangents before the backward product, so the input weight's update costs one
+      matmul, as in hand-written EqProp;
+    * on a vector field, −⟨a_post − b_post, ∂ drive(ρ(s0_pre))/∂θ⟩ (Scellier et al. 2018).
     """
-    proto = _proto(model)
     fns = model.fns
-    same = xa is None and xb is None
+    if getattr(fns, "vector_field", False):
+        free = model.free
+        delta = {n: a[n] - b[n] for n in free}
+        return jax.grad(lambda p: fns.update_potential(p, delta, {n: s0[n] for n in free}, x))(params)
+    rate = _rate_form(model)
+    same = xa is None
     xa = x if xa is None else xa
-    xb = x if xb is None else xb
     fa = {n: a[n] for n in a if n not in xa}
-    fb = {n: b[n] for n in b if n not in xb}
+    fb = {n: b[n] for n in b if n not in x}
 
     def diff(p):
         da = fns.drives(p, xa) if same else None
-        db = da if same else None
-        ea = fns.energy(fa, p, xa, da, leak=not proto, rates_are_states=proto)
-        eb = fns.energy(fb, p, xb, db, leak=not proto, rates_are_states=proto)
+        ea = fns.energy(fa, p, xa, da, leak=not rate, rates_are_states=rate)
+        eb = fns.energy(fb, p, x, da, leak=not rate, rates_are_states=rate)
         return ea - eb
 
     return jax.grad(diff)(params)
-
-
-def _vf_update(model, params, a, b, s0, x):
-    """Vector-field EqProp (Scellier et al. 2018): −(s_post^a − s_post^b) ρ(s_pre^0)ᵀ per weight."""
-    free = model.free
-    delta = {n: a[n] - b[n] for n in free}
-    return jax.grad(lambda p: model.fns.update_potential(p, delta, {n: s0[n] for n in free}, x))(params)
 
 
 def _finish(model, grads, scale):
@@ -140,148 +91,140 @@ def _nudge(model, params, x, s_free, beta, y):
     return model.relaxer.run(model.nudge_phase, params, x, free, beta, y).state
 
 
-# ---------------------------------------------------------------- estimators --
+def _beta(model, beta):
+    return model.nudge_phase.beta if beta is None else beta
+
+
+def _points(model) -> int:
+    opts = model.learning.estimator_options if model.learning else {}
+    return int(opts.get("points", 4))
+
+
+# ---------------------------------------------------------------- dispatch --
 def estimate(model, params, x, y, method, beta=None, key=None, s0=None) -> dict[str, Any]:
-    """Dispatch to one estimator; see the module docstring."""
+    """The estimate of `method` (an entry of `primitives.ESTIMATORS`)."""
     return estimate_with_state(model, params, x, y, method, beta, key, s0)[0]
 
 
 def estimate_with_state(model, params, x, y, method, beta=None, key=None, s0=None):
     """(gradient estimate, free-phase state): training reports loss and accuracy from the latter."""
-    if method == "rules":
-        return _rules(model, params, x, y, s0, beta)
+    return P.ESTIMATORS[method].load()(model, params, x, y, beta, key, s0)
+
+
+# ---------------------------------------------------------------- estimators --
+def one_sided(model, params, x, y, beta, key, s0):
     free = model._free(params, x, s0).state
-    return _estimate(model, params, x, y, method, beta, key, s0, free), free
+    beta = _beta(model, beta)
+    nudged = _nudge(model, params, x, free, beta, y)
+    return _finish(model, _contrast(model, params, nudged, free, x, free), 1.0 / (beta * _batch(x))), free
 
 
-def _estimate(model, params, x, y, method, beta, key, s0, free):
-    B = _batch(x)
-    if method == "bptt":
-        return _bptt(model, params, x, y, s0)
-    if method == "gradient":
-        return _implicit(model, params, x, y, free)
-    beta = model.nudge_phase.beta if beta is None else beta
-    if method == "random_sign":  # one_sided with β's sign drawn per batch
-        beta = beta * (2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0)
-    if getattr(model.fns, "vector_field", False):
-        if method == "symmetric":
-            plus = _nudge(model, params, x, free, beta, y)
-            minus = _nudge(model, params, x, free, -beta, y)
-            return _finish(model, _vf_update(model, params, plus, minus, free, x), 1.0 / (2.0 * beta * B))
-        nudged = _nudge(model, params, x, free, beta, y)
-        return _finish(model, _vf_update(model, params, nudged, free, free, x), 1.0 / (beta * B))
-    if method in ("one_sided", "random_sign"):
-        nudged = _nudge(model, params, x, free, beta, y)
-        return _finish(model, _contrast(model, params, nudged, free, x), 1.0 / (beta * B))
-    if method == "symmetric" or (method == "holomorphic" and _points(model) == 2):
-        plus = _nudge(model, params, x, free, beta, y)
-        minus = _nudge(model, params, x, free, -beta, y)
-        return _finish(model, _contrast(model, params, plus, minus, x), 1.0 / (2.0 * beta * B))
-    if method == "holomorphic":
-        return _holomorphic(model, params, x, y, free, beta, B)
-    if method == "chl":
-        out = [c.population for c in model.spec.costs]
-        target = y if isinstance(y, dict) else {out[0]: y}
-        xc = {**x, **{n: target[n] for n in out}}
-        free_c = {n: free[n] for n in model.free if n not in out}
-        clamped = model.relaxer.run(model.clamp_phase, params, xc, free_c).state
-        return _finish(model, _contrast(model, params, clamped, free, x, xa=xc), 1.0 / B)
-    raise CircuitError(f"unknown estimator `{method}`")
+def random_sign(model, params, x, y, beta, key, s0):
+    """one_sided with β's sign drawn once per batch."""
+    sign = 2.0 * jax.random.bernoulli(key).astype(jnp.result_type(float)) - 1.0
+    return one_sided(model, params, x, y, _beta(model, beta) * sign, key, s0)
 
 
-def _rules(model, params, x, y, s0, beta_override=None):
+def symmetric(model, params, x, y, beta, key, s0):
+    free = model._free(params, x, s0).state
+    beta = _beta(model, beta)
+    plus = _nudge(model, params, x, free, beta, y)
+    minus = _nudge(model, params, x, free, -beta, y)
+    return _finish(model, _contrast(model, params, plus, minus, x, free), 1.0 / (2.0 * beta * _batch(x))), free
+
+
+def holomorphic(model, params, x, y, beta, key, s0):
+    n = _points(model)
+    if n == 2:
+        return symmetric(model, params, x, y, beta, key, s0)
+    free = model._free(params, x, s0).state
+    beta = _beta(model, beta)
+    ctype = jnp.result_type(jnp.zeros(()).dtype, jnp.complex64)
+    cparams = {k: v.astype(ctype) for k, v in params.items()}
+    cx = {k: v.astype(ctype) for k, v in x.items()}
+    cy = y.astype(ctype) if not isinstance(y, dict) else {k: v.astype(ctype) for k, v in y.items()}
+    cfree = {k: free[k].astype(ctype) for k in model.free}
+    rate = _rate_form(model)
+    total = None
+    for k in range(n):
+        w = jnp.exp(2j * jnp.pi * k / n)
+        s = model.relaxer.run(model.nudge_phase, cparams, cx, cfree, beta * w, cy).state
+        fs = {m: s[m] for m in model.free}
+        g = jax.grad(
+            lambda p: model.fns.energy(fs, p, cx, None, leak=not rate, rates_are_states=rate),
+            holomorphic=True,
+        )(cparams)
+        term = {m: v / w for m, v in g.items()}
+        total = term if total is None else {m: total[m] + term[m] for m in total}
+    real = {m: jnp.real(v).astype(params[m].dtype) for m, v in total.items()}
+    return _finish(model, real, 1.0 / (n * beta * _batch(x))), free
+
+
+def chl(model, params, x, y, beta, key, s0):
+    free = model._free(params, x, s0).state
+    out = [c.population for c in model.spec.costs]
+    target = y if isinstance(y, dict) else {out[0]: y}
+    xc = {**x, **{n: target[n] for n in out}}
+    free_c = {n: free[n] for n in model.free if n not in out}
+    clamped = model.relaxer.run(model.clamp_phase, params, xc, free_c).state
+    return _finish(model, _contrast(model, params, clamped, free, x, free, xa=xc), 1.0 / _batch(x)), free
+
+
+def rules(model, params, x, y, beta, key, s0):
     """Run the phases in order (each from the end of the last), integrating the rules.
 
     Returns minus the total update (a gradient estimate) and the first phase's state.
-    `beta_override` replaces the β of every nudged phase (for `verify`'s sweeps)."""
+    `beta` replaces the β of every nudged phase (for `verify`'s sweeps)."""
     s = model.zeros(x) if s0 is None else dict(s0)
     total = {k: jnp.zeros_like(v) for k, v in params.items()}
     first = None
     for ph in model.learning.phases:
-        beta = ph.beta if ph.beta != 0 else None
-        if beta is not None and beta_override is not None:
-            beta = beta_override
+        b = ph.beta if ph.beta != 0 else None
+        if b is not None and beta is not None:
+            b = beta
         if ph.steps is None and ph.present is not None:
             ph = dataclasses.replace(ph, steps=ph.present)
         if any(r.active(ph.name) for r in model.rules.rules):
-            res, acc = model.rules.run(ph, params, x, s, beta, y)
+            res, acc = model.rules.run(ph, params, x, s, b, y)
             total = {k: total[k] + acc[k] if k in acc else total[k] for k in total}
         else:
-            res = model.relaxer.run(ph, params, x, s, beta, y)
+            res = model.relaxer.run(ph, params, x, s, b, y)
         s = {k: res.state[k] for k in model.state_keys}
         if first is None:
             first = res.state
     return _finish(model, {k: -v for k, v in total.items()}, 1.0), first
 
 
-def _holomorphic(model, params, x, y, free, beta, B):
-    n = _points(model)
-    ctype = jnp.result_type(jnp.zeros(()).dtype, jnp.complex64)
-    cparams = {k: v.astype(ctype) for k, v in params.items()}
-    cx = {k: v.astype(ctype) for k, v in x.items()}
-    cy = y.astype(ctype) if not isinstance(y, dict) else {k: v.astype(ctype) for k, v in y.items()}
-    cfree = {k: free[k].astype(ctype) for k in model.free}
-    total = None
-    proto = _proto(model)
-    for k in range(n):
-        w = jnp.exp(2j * jnp.pi * k / n)
-        s = model.relaxer.run(model.nudge_phase, cparams, cx, cfree, beta * w, cy).state
-        fs = {m: s[m] for m in model.free}
-        g = jax.grad(
-            lambda p: model.fns.energy(fs, p, cx, None, leak=not proto, rates_are_states=proto),
-            holomorphic=True,
-        )(cparams)
-        term = {m: v / w for m, v in g.items()}
-        total = term if total is None else {m: total[m] + term[m] for m in total}
-    real = {m: jnp.real(v).astype(params[m].dtype) for m, v in total.items()}
-    return _finish(model, real, 1.0 / (n * beta * B))
-
-
-def _bptt(model, params, x, y, s0):
+def bptt(model, params, x, y, beta, key, s0):
     phase = model.free_phase
     if phase.tol is not None:  # a while_loop has no reverse-mode derivative: unroll all steps
         phase = dataclasses.replace(phase, tol=None)
 
     def loss(p):
         st = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0).state
-        return model.fns.cost({n: st[n] for n in model.free}, y)
+        return model.fns.cost({n: st[n] for n in model.free}, y), st
 
-    return _finish(model, jax.grad(loss)(params), 1.0 / _batch(x))
-
-
-def _residual(model, params, x, u):
-    """G(u, θ) = 0 at the free fixed point: ∂E/∂s; u − P(u − ∂E/∂s) with state bounds
-    (P the projection); u − P(ρ(−∂Φ/∂r)) in the prototypical form."""
-    fns = model.fns
-    if getattr(fns, "vector_field", False):  # G = −ds/dt, projected with state bounds
-        f = fns.force(u, params, x)
-        target = fns.project({n: u[n] + f[n] for n in u})
-        return {n: u[n] - target[n] for n in u}
-    if _proto(model):
-        g = jax.grad(lambda s: fns.energy(s, params, x, None, leak=False, rates_are_states=True))(u)
-        target = fns.project({n: fns.act[n](-g[n]) for n in u})
-        return {n: u[n] - target[n] for n in u}
-    g = jax.grad(lambda s: fns.energy(s, params, x, None))(u)
-    if fns.bounded:  # projected: units held at a bound do not move with θ
-        target = fns.project({n: u[n] - g[n] for n in u})
-        return {n: u[n] - target[n] for n in u}
-    return g
+    g, free = jax.grad(loss, has_aux=True)(params)
+    return _finish(model, g, 1.0 / _batch(x)), free
 
 
-def _implicit(model, params, x, y, free):
-    """dL/dθ = −(∂G/∂θ)ᵀ λ with (∂G/∂u)ᵀ λ = ∂C/∂u, solved densely per example."""
+def gradient(model, params, x, y, beta, key, s0):
+    """dL/dθ = −(∂G/∂θ)ᵀ λ with (∂G/∂u)ᵀ λ = ∂C/∂u at the free fixed point u, solved
+    densely per example (states of every shape flattened into one vector)."""
+    free = model._free(params, x, s0).state
     fns = model.fns
     names = model.state_keys
     u = {n: free[n] for n in names}
-    sizes = [u[n].shape[-1] for n in names]
+    shapes = {n: u[n].shape[1:] for n in names}
+    sizes = [int(jnp.size(u[n][0])) for n in names]
 
     def flat(d):
-        return jnp.concatenate([d[n] for n in names], axis=-1)
+        return jnp.concatenate([d[n].reshape(d[n].shape[0], -1) for n in names], axis=-1)
 
     def unflat(v):
         out, i = {}, 0
         for n, k in zip(names, sizes):
-            out[n] = v[..., i : i + k]
+            out[n] = v[..., i : i + k].reshape((v.shape[0], *shapes[n]))
             i += k
         return out
 
@@ -300,4 +243,24 @@ def _implicit(model, params, x, y, free):
         return sum(jnp.sum(G[n] * lam_d[n]) for n in names)
 
     g = jax.grad(inner)(params)
-    return _finish(model, {k: -v for k, v in g.items()}, 1.0 / _batch(x))
+    return _finish(model, {k: -v for k, v in g.items()}, 1.0 / _batch(x)), free
+
+
+def _residual(model, params, x, u):
+    """G(u, θ) = 0 at the free fixed point: ∂E/∂s; u − P(u − ∂E/∂s) with state bounds
+    (P the projection); u − P(ρ(−∂Φ/∂r)) in the prototypical form; −ds/dt (projected)
+    on a vector field."""
+    fns = model.fns
+    if getattr(fns, "vector_field", False):
+        f = fns.force(u, params, x)
+        target = fns.project({n: u[n] + f[n] for n in u})
+        return {n: u[n] - target[n] for n in u}
+    if _rate_form(model):
+        g = jax.grad(lambda s: fns.energy(s, params, x, None, leak=False, rates_are_states=True))(u)
+        target = fns.project({n: fns.act[n](-g[n]) for n in u})
+        return {n: u[n] - target[n] for n in u}
+    g = jax.grad(lambda s: fns.energy(s, params, x, None))(u)
+    if fns.bounded:  # projected: units held at a bound do not move with θ
+        target = fns.project({n: u[n] - g[n] for n in u})
+        return {n: u[n] - target[n] for n in u}
+    return g

@@ -21,15 +21,17 @@ import jax
 import jax.numpy as jnp
 
 from . import learning
+from . import primitives as P
+from .check.estimators import estimator_problems
 from .circuit import Circuit
-from .errors import CircuitError, Diagnostic
+from .errors import CircuitError
 from .graph import PhaseSpec
-from .lower.energy import EnergyFunctions
-from .lower.cells import CellFunctions
-from .lower.vectorfield import VectorFieldFunctions
-from .rules import RuleProgram
+from .layout import describe, from_flat, from_internal, internal, to_internal
 from .lower.exprs import Evaluator
+from .lower.init import initialize
 from .lower.relax import Relaxation, Relaxer
+from .ops import OPS
+from .rules import RuleProgram
 
 __all__ = ["Model", "compile"]
 
@@ -43,52 +45,23 @@ def compile(circ: Circuit, overrides: Mapping[str, Any] | None = None) -> "Model
 
 
 class Model:
-    """A circuit lowered to pure, jittable JAX functions."""
+    """A circuit lowered to pure, jittable JAX functions.
+
+    The circuit has been checked (`check/`): everything the lowering relies on
+    holds, so building a model does not fail on a file that `circuitc check`
+    accepts.
+    """
 
     def __init__(self, circ: Circuit) -> None:
         self.circuit = circ
         spec = circ.spec
         self.spec = spec
-        typed = any(p.cell_type for p in circ.populations.values())
         learn = spec.learning
         rules = bool(learn and (learn.estimator or learn.method) == "rules")
         prospective = bool(learn and learn.prospective)
-        if spec.energy is not None and typed:
-            pop = next(p for p in circ.populations.values() if p.cell_type)
-            raise CircuitError(
-                Diagnostic(
-                    f"`{pop.name}` has cell type `{pop.cell_type}` with its own equations, but the circuit "
-                    "also has an energy (whose gradient would be the dynamics)",
-                    pop.span,
-                    f"remove the energy at line {spec.energy.span.line}, or the cell type",
-                ),
-                circ.source,
-            )
-        vector_field = spec.energy is None and (spec.dynamics is not None or typed)
-        if spec.energy is None and not vector_field:
-            raise CircuitError(
-                Diagnostic("nothing says how the states evolve", None,
-                           "add `energy ...`, `dynamics leaky`, or give populations a cell type"),
-                circ.source,
-            )
-        if prospective and (
-            spec.energy is None or set(spec.energy.presets) != {"predictive"} or spec.energy.terms
-            or any(e.kind == "undirected" for e in circ.connections)
-        ):
-            raise CircuitError(
-                Diagnostic(
-                    "`prospective` (latent equilibrium) needs a feed-forward predictive circuit: "
-                    "`energy predictive` with directed connections only",
-                    learn.span,
-                    "use `energy predictive`, or remove `prospective`",
-                ),
-                circ.source,
-            )
+        self.lowering = lowering_of(circ)
         self.ev = Evaluator(spec.functions, spec.params, jnp)
-        if vector_field and (typed or rules):
-            functions = CellFunctions
-        else:
-            functions = VectorFieldFunctions if vector_field else EnergyFunctions
+        functions = P.LOWERINGS[self.lowering].load()
         self.fns = functions(spec, circ.populations, circ.connections, self.ev)
         self.relaxer = Relaxer(self.fns, circ.graph, circ.source, prospective=prospective)
         self.inputs = self.fns.clamped
@@ -117,29 +90,20 @@ class Model:
         self.trainable = {
             name: (name.endswith(".bias") or circ.weights[name].plasticity == "plastic") for name in self.shapes
         }
-        for p in phases:
-            if p.integrator == "prototypical" and vector_field:
-                raise CircuitError(
-                    Diagnostic(f"phase `{p.name}`: the prototypical step needs an energy", p.span,
-                               "use `integrator euler` (the default) with `dynamics leaky`"),
-                    circ.source,
-                )
-            if p.integrator == "prototypical" and "predictive" in self.fns.presets:
-                raise CircuitError(
-                    Diagnostic(
-                        f"phase `{p.name}`: the prototypical step needs an energy of the form "
-                        "½|s|² + E(ρ(s)) (like `hopfield`); `predictive` is not",
-                        p.span,
-                        "use `integrator euler` (the default) with this energy",
-                    ),
-                    circ.source,
-                )
         self._jit: dict[str, Any] = {}
         self.rules = RuleProgram(self) if rules else None
 
+    def check_estimator(self, method: str, beta_given: bool = False) -> None:
+        """Raise the checker's located error when `method` cannot work on this circuit
+        (the file's own estimator was checked with the file)."""
+        problems = estimator_problems(self.circuit.graph, method, None, beta_given)
+        if problems:
+            raise CircuitError(problems, self.circuit.source)
+
     # ------------------------------------------------------------ params --
     def init(self, key: Array, dtype: Any = None) -> dict[str, Array]:
-        """Initial parameters: each weight by its `init=`, biases at zero."""
+        """Initial parameters: each weight by its `init=` (fan-in and fan-out from its
+        operator), biases at zero unless `bias ... init=`."""
         dtype = dtype or jnp.zeros(()).dtype
         params: dict[str, Array] = {}
         weights = self.circuit.weights
@@ -149,27 +113,60 @@ class Model:
             shape = self.shapes[name]
             if name.endswith(".bias"):
                 init = self.fns.pops[name[: -len(".bias")]].bias_init
-                params[name] = jnp.zeros(shape, dtype) if init is None else _initialize(init, k, shape, dtype)
+                params[name] = jnp.zeros(shape, dtype) if init is None else initialize(init, k, shape, dtype)
                 continue
-            params[name] = _initialize(weights[name].init, k, shape, dtype)
+            e = weights[name]
+            st = e.weighted_stage
+            fans = OPS[st.kind].fans(st.kw, st.in_shape, st.out_shape)
+            params[name] = initialize(e.init, k, shape, dtype, fans)
         return params
 
     # ------------------------------------------------------------ inputs --
-    def as_inputs(self, x: Array | Mapping[str, Array]) -> dict[str, Array]:
-        """`x` as {input population: array}; one array is fine for one input."""
+    def as_inputs(self, x: Array | Mapping[str, Array], layout: str = "written") -> dict[str, Array]:
+        """`x` as {input population: array (batch, *compiled shape)}; one array is fine for
+        one input. A `written` array is flat (batch, C·H·W) in the written order of the
+        population's shape, or shaped (batch, C, H, W); `compiled` is (batch, H, W, C)."""
         if isinstance(x, Mapping):
-            return {n: jnp.asarray(x[n]) for n in self.inputs}
-        if len(self.inputs) != 1:
+            arrays = {n: jnp.asarray(x[n]) for n in self.inputs}
+        elif len(self.inputs) != 1:
             raise CircuitError(f"this circuit has inputs {', '.join(self.inputs)}: pass x as a dict")
-        return {self.inputs[0]: jnp.asarray(x)}
+        else:
+            arrays = {self.inputs[0]: jnp.asarray(x)}
+        if layout == "compiled":
+            return arrays
+        return {n: self.to_compiled(n, v) for n, v in arrays.items()}
+
+    def to_compiled(self, n: str, v: Array) -> Array:
+        """A batch of population `n` in the written layout → the compiled one."""
+        shape = self.fns.pops[n].shape
+        if v.ndim == 2 and len(shape) > 1:
+            return from_flat(v, shape)
+        if tuple(v.shape[1:]) == tuple(shape):
+            return to_internal(v, shape)
+        raise CircuitError(
+            f"population `{n}` is {describe(shape)}, but the array given for it is shaped "
+            f"{tuple(v.shape)}; pass (batch, {', '.join(map(str, shape))}) or (batch, {math.prod(shape)})"
+        )
+
+    def to_written(self, state: Mapping[str, Array], lead: int = 1) -> dict[str, Array]:
+        """States in the compiled layout → the written one, (batch, C, H, W)."""
+        out = {}
+        for k, v in state.items():
+            pop = self.fns.pops.get(k.split(".")[0])
+            out[k] = from_internal(v, pop.shape, lead) if pop is not None else v
+        return out
 
     def zeros(self, x: Mapping[str, Array], free: tuple[str, ...] | None = None) -> dict[str, Array]:
-        batch = next(iter(x.values())).shape[:-1]
-        dtype = next(iter(x.values())).dtype
-        return {n: jnp.zeros((*batch, self.size_of(n)), dtype) for n in (free or self.state_keys)}
+        first = next(iter(x.values()))
+        batch, dtype = first.shape[:1], first.dtype
+        return {n: jnp.zeros((*batch, *self.shape_of(n)), dtype) for n in (free or self.state_keys)}
+
+    def shape_of(self, key: str) -> tuple[int, ...]:
+        """The compiled per-example shape of a state key: a population, or `pop.var`."""
+        return internal(self.fns.pops[key.split(".")[0]].shape)
 
     def size_of(self, key: str) -> int:
-        """Size of a state key: a population, or `pop.var` for a cell's other state variables."""
+        """The number of values of a state key per example."""
         return self.fns.pops[key.split(".")[0]].size
 
     # ------------------------------------------------------------- raw fns --
@@ -200,13 +197,16 @@ class Model:
         return self._jit[name]
 
     def relax(self, params, x, s0=None) -> dict[str, Array]:
-        """The free fixed point: {population: (batch, size)} for every population."""
-        return self._jitted("relax", self._relax)(params, x, s0)
+        """The free fixed point: {population: (batch, *shape as written)} for every population
+        (`s0`, if given, in the compiled layout, as `relax_result(...).state` is)."""
+        return self.to_written(self._jitted("relax", self._relax)(params, x, s0))
 
-    def relax_result(self, params, x, s0=None, phase: str | None = None) -> Relaxation:
-        """The free phase (or `phase`) with its steps used and result code; raises on failure."""
+    def relax_result(self, params, x, s0=None, phase: str | None = None, layout: str = "written") -> Relaxation:
+        """The free phase (or `phase`) with its steps used and result code; raises on failure.
+        `x` is in `layout` (see `as_inputs`); the state is in the compiled layout."""
         ph = self.phases[phase] if phase else self.free_phase
-        fn = self._jitted(f"result:{ph.name}", lambda p, x, s0: self._free(p, self.as_inputs(x), s0, ph))
+        fn = self._jitted(f"result:{ph.name}:{layout}",
+                          lambda p, x, s0: self._free(p, self.as_inputs(x, layout), s0, ph))
         res = fn(params, x, s0)
         self.relaxer.check(res, ph)
         return res
@@ -228,7 +228,8 @@ class Model:
         rules: minus their total update); default: the file's.
         """
         method = method or self.method
-        learning.check_method(self, method)
+        if method != self.method:
+            self.check_estimator(method, beta_given=beta is not None)
         if key is None:
             key = jax.random.key(0)
         fn = self._jitted(
@@ -238,21 +239,16 @@ class Model:
         return fn(params, x, y, beta, key, s0)
 
 
-def _initialize(init, key, shape, dtype):
-    scheme, args = init.scheme, init.args
-    fan_out, fan_in = (shape[0], shape[-1]) if len(shape) == 2 else (shape[0], shape[0])
-    if scheme == "glorot":
-        a = math.sqrt(6.0 / (fan_in + fan_out))
-        return jax.random.uniform(key, shape, dtype, -a, a)
-    if scheme == "he":
-        return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_in)
-    if scheme == "zeros":
-        return jnp.zeros(shape, dtype)
-    if scheme in ("normal", "random"):
-        return jax.random.normal(key, shape, dtype) * args[0]
-    if scheme == "uniform":
-        return jax.random.uniform(key, shape, dtype, -args[0], args[0])
-    if scheme == "constant":
-        return jnp.full(shape, args[0], dtype)
-    raise ValueError(f"unknown init {scheme}")  # the checker rejects these earlier
-
+def lowering_of(circ: Circuit) -> str:
+    """Which entry of `primitives.LOWERINGS` runs this (checked) circuit."""
+    spec = circ.spec
+    learn = spec.learning
+    if spec.energy is not None:
+        return "energy"
+    typed = any(p.cell_type for p in circ.populations.values())
+    rules = bool(learn and (learn.estimator or learn.method) == "rules")
+    if typed or rules:  # local rules read compartments: the cell lowering (leaky cells without a type)
+        return "cells"
+    if spec.dynamics is None:  # only possible without a `learn` block (checked): nothing is trained
+        return "leaky"
+    return spec.dynamics.kind

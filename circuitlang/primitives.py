@@ -1,8 +1,11 @@
 """The registry: every primitive of the language, defined once.
 
-Checking (`check.py`), lowering (`lower/`) and drawing (`diagram.py`) all read
-these tables; adding a function, an energy preset, an estimator or a phase
-setting touches only this file (and the code that gives it meaning).
+Checking (`check/`), lowering (`lower/`) and drawing (`diagram.py`) all read
+these tables; adding a function, an energy preset, a cost, an estimator, an
+optimizer, an integrator or a phase setting is one entry here (and the code
+that gives it meaning, which the entry names). Connection operators have
+their own table, `ops.OPS`. Every list of names shown to users is derived
+from these tables, and an unknown name is an error, never a default.
 
 Element-wise functions carry an `impl(xp, *args)` that works for both NumPy
 and `jax.numpy` (pass the module as `xp`), so the NumPy reference simulator
@@ -25,6 +28,9 @@ __all__ = [
     "COSTS",
     "LEARN_METHODS",
     "ESTIMATORS",
+    "INTEGRATORS",
+    "LOWERINGS",
+    "Kind",
     "OPTIMIZERS",
     "INITS",
     "PHASE_SETTINGS",
@@ -55,9 +61,18 @@ class Function:
     name: str
     arity: tuple[int, ...]
     doc: str
-    impl: Callable[..., Any]
+    impl: Callable[..., Any] | str
     elementwise: bool = True
     reduction: bool = False
+
+    def impl_fn(self) -> Callable[..., Any]:
+        """`impl`, imported first when it is written ``"module:attribute"``."""
+        if isinstance(self.impl, str):
+            import importlib
+
+            module, _, attr = self.impl.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.impl
 
 
 def _clip(xp, x, lo, hi):
@@ -157,6 +172,102 @@ def _settings(*items: Setting) -> Mapping[str, Setting]:
     return _frozen({s.name: s for s in items})
 
 
+# ------------------------------------------------------------------ kinds --
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A named choice (energy preset, cost, estimator, optimizer, ...): its meaning,
+    what it needs, and where its implementation is.
+
+    `impl` is ``"module:attribute"``, imported on first use by `load()`, so the
+    checker (which reads names, docs and needs) never imports JAX. `needs`
+    lists the conditions `check` verifies before anything is lowered (see
+    `check/learning.py` for estimators and integrators).
+    """
+
+    name: str
+    doc: str
+    paper: str = ""
+    needs: tuple[str, ...] = ()
+    impl: str = ""
+    provides: tuple[str, ...] = ()  # what it offers what others need (an energy's `rate_form`)
+    settings: Mapping[str, "Setting"] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def load(self) -> Any:
+        """The implementation (a function, a class or an object)."""
+        import importlib
+
+        module, _, attr = self.impl.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+def _kinds(*items: Kind) -> Mapping[str, Kind]:
+    return _frozen({k.name: k for k in items})
+
+
+ENERGIES = _kinds(
+    Kind("hopfield",
+         "E = sum_n 1/2|s_n|^2 - sum_(a--b) <rho(s_a), P(W * rho(s_b))> - sum_n b_n^T rho(s_n)",
+         "Scellier & Bengio 2017; Laborieux et al. 2021 (convolutions)",
+         needs=("undirected",), impl="circuitlang.lower.energy:HOPFIELD", provides=("rate_form",)),
+    Kind("predictive", "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) P(W * rho(s_a)) + b_n",
+         "Whittington & Bogacz 2017", needs=("directed",), impl="circuitlang.lower.energy:PREDICTIVE"),
+)
+
+# How the states evolve: the gradient flow of an energy, a named vector field, or the
+# cell types' own equations. Only the `DYNAMICS` names are written in files (`dynamics leaky`).
+DYNAMICS = _kinds(
+    Kind("leaky", "tau ds/dt = -s + sum_in P(W * rho(pre)) + b - beta dC/ds", "Scellier et al. 2018",
+         needs=("directed",), impl="circuitlang.lower.vectorfield:VectorFieldFunctions"),
+)
+LOWERINGS = _kinds(
+    Kind("energy", "ds/dt = -dE/ds - beta dC/ds (gradient flow)", impl="circuitlang.lower.energy:EnergyFunctions"),
+    *DYNAMICS.values(),
+    Kind("cells", "the cell types' own ODEs; compartments sum their connections",
+         impl="circuitlang.lower.cells:CellFunctions"),
+)
+
+COSTS = _kinds(
+    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared"),
+    Kind("cross_entropy", "C = -sum target log softmax(s) (softmax read-out)", "Laborieux et al. 2021",
+         impl="circuitlang.lower.energy:cross_entropy"),
+)
+
+LEARN_METHODS = _kinds(
+    Kind("eqprop", "the compiler derives the update from the energy or the vector field"),
+    Kind("rules", "local per-synapse rules written in the file"),
+)
+
+# needs: `nudge` a phase after the first with beta; `energy` an energy (not a vector
+# field); `analytic` analytic activations and operators (complex beta, points > 2);
+# `clamp` a phase after the first (the clamped one); `rules` local rules.
+ESTIMATORS = _kinds(
+    Kind("one_sided", "-(1/beta)(dE/dtheta(s^beta) - dE/dtheta(s^0))", "Scellier & Bengio 2017",
+         needs=("nudge",), impl="circuitlang.learning:one_sided"),
+    Kind("random_sign", "one_sided with a random sign of beta per batch", "Scellier & Bengio 2017",
+         needs=("nudge",), impl="circuitlang.learning:random_sign"),
+    Kind("symmetric", "-(1/2beta)(dE/dtheta(s^+beta) - dE/dtheta(s^-beta))", "Laborieux et al. 2021",
+         needs=("nudge",), impl="circuitlang.learning:symmetric"),
+    Kind("holomorphic", "N complex beta on a circle (Cauchy integral)", "Laborieux & Zenke 2022",
+         needs=("nudge", "energy", "analytic"), impl="circuitlang.learning:holomorphic"),
+    Kind("chl", "contrastive Hebbian learning: output clamped to the target", "Movellan 1991",
+         needs=("clamp", "energy"), impl="circuitlang.learning:chl"),
+    Kind("rules", "the file's local rules integrated over the phases", needs=("rules",),
+         impl="circuitlang.learning:rules"),
+    Kind("gradient", "the true gradient at the free fixed point (implicit differentiation)",
+         impl="circuitlang.learning:gradient"),
+    Kind("bptt", "autodiff through the unrolled free phase", impl="circuitlang.learning:bptt"),
+)
+
+# needs: `energy` (the step differentiates an energy), `rate_form` (the energy is
+# 1/2|s|^2 + E(rho(s)), like hopfield, so states can be read as rates)
+INTEGRATORS = _kinds(
+    Kind("euler", "s <- s - dt (dE/ds + beta dC/ds), or s <- s + dt ds/dt", "Scellier & Bengio 2017",
+         impl="circuitlang.lower.relax:euler_step"),
+    Kind("prototypical", "s <- (1 - dt) s + dt rho(-dPhi/dr), states read as rates",
+         "Ernoult et al. 2019; Laborieux et al. 2021", needs=("energy", "rate_form"),
+         impl="circuitlang.lower.relax:prototypical_step"),
+)
+
 PHASE_SETTINGS = _settings(
     Setting("steps", "int", "number of integration steps", minimum=1),
     Setting("dt", "number", "step size of the Euler integrator", minimum=0, exclusive=True),
@@ -164,19 +275,12 @@ PHASE_SETTINGS = _settings(
     Setting("forward", "flag", "exact one-pass fixed point of a feed-forward (DAG) circuit"),
     Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1),
     Setting("tol", "number", "stop early once max |s_t - s_(t-1)| < tol", minimum=0, exclusive=True),
-    Setting(
-        "integrator", "choice", "how a step is taken",
-        choices=("euler", "prototypical"),
-    ),
+    Setting("integrator", "choice", "how a step is taken", choices=tuple(INTEGRATORS)),
     Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)", choices=("output",)),
 )
 
 LEARN_SETTINGS = _settings(
-    Setting(
-        "estimator", "choice", "how the gradient is estimated",
-        choices=("one_sided", "random_sign", "symmetric", "holomorphic", "chl", "rules", "gradient", "bptt"),
-        options=("points",),
-    ),
+    Setting("estimator", "choice", "how the gradient is estimated", choices=tuple(ESTIMATORS), options=("points",)),
     Setting("batch", "int", "examples per update", minimum=1),
     Setting("prospective", "flag", "rates look ahead: rho(s + tau ds/dt) (latent equilibrium)"),
     Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1),
@@ -184,104 +288,40 @@ LEARN_SETTINGS = _settings(
             "ended (Scellier & Bengio 2017)"),
 )
 
-OPTIMIZERS = _frozen(
-    {
-        "sgd": _settings(
-            Setting("lr", "per_weight", "learning rate (per weight: `lr W1=0.1, W2=0.05`)", minimum=0),
-            Setting("momentum", "number", "heavy-ball momentum", minimum=0),
-            Setting("nesterov", "flag", "Nesterov momentum"),
-            Setting("weight_decay", "number", "decoupled L2 weight decay", minimum=0),
-            Setting("schedule", "choice", "learning-rate schedule", choices=("constant", "cosine"), options=("warmup",)),
-        ),
-        "adam": _settings(
-            Setting("lr", "per_weight", "learning rate (per weight: `lr W1=0.1, W2=0.05`)", minimum=0),
-            Setting("b1", "number", "decay of the first moment", minimum=0),
-            Setting("b2", "number", "decay of the second moment", minimum=0),
-            Setting("eps", "number", "denominator offset", minimum=0),
-            Setting("weight_decay", "number", "decoupled weight decay (AdamW)", minimum=0),
-            Setting("schedule", "choice", "learning-rate schedule", choices=("constant", "cosine"), options=("warmup",)),
-        ),
-    }
+_SCHEDULE = Setting("schedule", "choice", "learning-rate schedule", choices=("constant", "cosine"), options=("warmup",))
+_LR = Setting("lr", "per_weight", "learning rate (per weight: `lr W1=0.1, W2=0.05`)", minimum=0)
+
+OPTIMIZERS = _kinds(
+    Kind("sgd", "stochastic gradient descent, with momentum and decoupled weight decay", impl="circuitlang.optim:sgd",
+         settings=_settings(
+             _LR,
+             Setting("momentum", "number", "heavy-ball momentum", minimum=0),
+             Setting("nesterov", "flag", "Nesterov momentum"),
+             Setting("weight_decay", "number", "decoupled L2 weight decay", minimum=0),
+             _SCHEDULE,
+         )),
+    Kind("adam", "Adam (AdamW with weight_decay)", "Kingma & Ba 2015", impl="circuitlang.optim:adam",
+         settings=_settings(
+             _LR,
+             Setting("b1", "number", "decay of the first moment", minimum=0),
+             Setting("b2", "number", "decay of the second moment", minimum=0),
+             Setting("eps", "number", "denominator offset", minimum=0),
+             Setting("weight_decay", "number", "decoupled weight decay (AdamW)", minimum=0),
+             _SCHEDULE,
+         )),
 )
 
-
-# ------------------------------------------------------------------ kinds --
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    """A named choice (energy preset, cost, estimator, ...) and its meaning."""
-
-    name: str
-    doc: str
-    paper: str = ""
-    needs: tuple[str, ...] = ()  # connection kinds it gives meaning to
-
-
-ENERGIES = _frozen(
-    {
-        "hopfield": Kind(
-            "hopfield",
-            "E = sum_n 1/2|s_n|^2 - sum_(a--b) rho(s_a)^T W rho(s_b) - sum_n b_n^T rho(s_n)",
-            "Scellier & Bengio 2017",
-            needs=("undirected",),
-        ),
-        "predictive": Kind(
-            "predictive",
-            "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) W rho(s_a) + b_n",
-            "Whittington & Bogacz 2017",
-            needs=("directed",),
-        ),
-    }
-)
-
-DYNAMICS = _frozen(
-    {
-        "leaky": Kind(
-            "leaky",
-            "tau ds/dt = -s + sum_in W rho(pre) + b - beta dC/ds",
-            "Scellier et al. 2018",
-            needs=("directed", "one_to_one"),
-        ),
-    }
-)
-
-COSTS = _frozen(
-    {
-        "squared": Kind("squared", "C = 1/2 |s - target|^2"),
-        "cross_entropy": Kind(
-            "cross_entropy", "C = -sum target log softmax(s) (softmax read-out)", "Laborieux et al. 2021"
-        ),
-    }
-)
-
-LEARN_METHODS = _frozen(
-    {
-        "eqprop": Kind("eqprop", "the compiler derives the update from the energy or the vector field"),
-        "rules": Kind("rules", "local per-synapse rules written in the file"),
-    }
-)
-
-ESTIMATORS = _frozen(
-    {
-        "one_sided": Kind("one_sided", "-(1/beta)(dE/dtheta(s^beta) - dE/dtheta(s^0))", "Scellier & Bengio 2017"),
-        "random_sign": Kind("random_sign", "one_sided with a random sign of beta per batch", "Scellier & Bengio 2017"),
-        "symmetric": Kind("symmetric", "-(1/2beta)(dE/dtheta(s^+beta) - dE/dtheta(s^-beta))", "Laborieux et al. 2021"),
-        "holomorphic": Kind("holomorphic", "N complex beta on a circle (Cauchy integral)", "Laborieux & Zenke 2022"),
-        "chl": Kind("chl", "contrastive Hebbian learning: output clamped to the target", "Movellan 1991"),
-        "rules": Kind("rules", "the file's local rules integrated over the phases"),
-        "gradient": Kind("gradient", "the true gradient at the free fixed point (implicit differentiation)"),
-        "bptt": Kind("bptt", "autodiff through the unrolled free phase"),
-    }
-)
-
+# initialisers: `impl` is the function `lower/init.py` calls with (key, shape, dtype, fans, *args)
 INITS = _frozen(
     {
-        "glorot": Function("glorot", (0,), "Glorot/Xavier uniform", None, False),
-        "he": Function("he", (0,), "He normal", None, False),
-        "zeros": Function("zeros", (0,), "all zero", None, False),
-        "normal": Function("normal", (1,), "normal(std)", None, False),
-        "uniform": Function("uniform", (1,), "uniform(a): U(-a, a)", None, False),
-        "random": Function("random", (1,), "random(std): normal with this std", None, False),
-        "constant": Function("constant", (1,), "constant(c)", None, False),
+        "glorot": Function("glorot", (0,), "Glorot/Xavier uniform (fan-in and fan-out of the operator)",
+                           "circuitlang.lower.init:glorot", False),
+        "he": Function("he", (0,), "He normal (fan-in of the operator)", "circuitlang.lower.init:he", False),
+        "zeros": Function("zeros", (0,), "all zero", "circuitlang.lower.init:zeros", False),
+        "normal": Function("normal", (1,), "normal(std)", "circuitlang.lower.init:normal", False),
+        "uniform": Function("uniform", (1,), "uniform(a): U(-a, a)", "circuitlang.lower.init:uniform", False),
+        "random": Function("random", (1,), "random(std): normal with this std", "circuitlang.lower.init:normal", False),
+        "constant": Function("constant", (1,), "constant(c)", "circuitlang.lower.init:constant", False),
     }
 )
 

@@ -1,23 +1,18 @@
-"""Local learning rules (`learn rules`): per-synapse equations lowered to matmuls.
+"""Local learning rules (`learn rules`): per-synapse equations lowered through the operators.
 
     during nudge: dW2/dt = eta * post.apical * rho'(post.s) * rho(pre.s)
 
-A rule is written per synapse (post index i, pre index j). The compiler
-expands its right-hand side into a **sum of terms**, each a product of
-
-* a *scalar* factor (numbers, params, `beta`, `dt`, `t`),
-* a *post-side* factor (`post.…`, or a population aligned with the post end),
-* a *pre-side* factor (`pre.…`, or a population aligned with the pre end),
-* optionally a *synaptic* factor (the weight itself, e.g. a decay `- lam * W`),
-
-and computes each term as an outer product summed over the batch with one
-`dot_general`: ΔW = (1/B) Σ_terms c · (P_termᵀ Q_term) ⊙ S_term. Terms that
-share their pre-side factor share one matmul. Nothing of size
-batch × post × pre is ever built; a rule that cannot be written this way
-(e.g. ``exp(post.s * pre.s)``) is a located compile error.
-
-A population named in a rule is aligned with the end it *is* (``post`` first),
-otherwise with the end of its size (``post`` first); anything else is an error.
+A rule is written per synapse (post index i, pre index j). The checker has
+factored it (`factor.py`) into a **sum of terms**, each a product of a scalar,
+a post-side factor P, a pre-side factor Q and optionally the weight itself.
+Each group of terms sharing its pre-side factor is lowered through the
+connection's operator as one VJP, ∂/∂W ⟨P, stages(W, Q)⟩ summed over the
+batch (`Wiring.weight_update`): for a dense weight that is the batched outer
+product Pᵀ Q (one `dot_general`); for a convolution kernel the correlation of
+P with Q summed over positions — the sum over every synapse sharing a kernel
+entry; for a one-to-one weight Σ P ⊙ Q. Nothing of size batch × post × pre is
+ever built. (Through max-pooling, P reaches the synapses through the pool's
+derivative at the current weight and pre-side factor.)
 
 **Integration.** Over a step from state s_t to s_(t+1), every single-sided
 factor is averaged between both ends (the trapezoid rule per factor), and
@@ -25,7 +20,8 @@ factor is averaged between both ends (the trapezoid rule per factor), and
 terms. With this pairing the STDP-like rule ``d(ρ(post.s))/dt · ρ(pre.s)``
 applied to both ends of an undirected coupling telescopes exactly: summed
 over a phase it equals ΔW = ρ(a_T)ρ(b_T)ᵀ − ρ(a_0)ρ(b_0)ᵀ, the one-sided
-EqProp update times β (Bengio et al. 2017).
+EqProp update times β (Bengio et al. 2017) — for any linear operator, since
+the update is bilinear in P and Q.
 
 Updates: in an ordinary phase a rule's update is accumulated (the weights
 stay fixed during the phases) and `estimate(..., method="rules")` returns
@@ -45,63 +41,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import syntax as S
-from .errors import CircuitError, Diagnostic
+from .factor import POST, PRE, SCALAR, SYN, Atom, CompiledRule, Orientation, Term, factor_rule
 from .graph import PhaseSpec
-from .lower.energy import weights_of
 from .lower.relax import OK
+from .lower.wiring import weights_of
 
-__all__ = ["RuleProgram", "Term", "Atom"]
+__all__ = ["RuleProgram"]
 
 Array = Any
-SCALAR, POST, PRE, SYN = "scalar", "post", "pre", "syn"
-PHASE_NAMES = ("beta", "dt", "t")
-
-
-@dataclasses.dataclass(frozen=True)
-class Atom:
-    """A single-sided factor: `expr` evaluated at a `point` of the step (avg, now, next)."""
-
-    side: str
-    expr: S.Expr
-    point: str = "avg"
-
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    coef: float
-    atoms: tuple[Atom, ...]
-
-    def at(self, point: str) -> "Term":
-        return Term(self.coef, tuple(dataclasses.replace(a, point=point) if a.side != SCALAR or _timed(a.expr) else a
-                                     for a in self.atoms))
-
-
-def _timed(expr) -> bool:
-    return any(isinstance(n, S.Var) and n.name == "t" for n in S.walk(expr))
-
-
-@dataclasses.dataclass(frozen=True)
-class Orientation:
-    """One way of reading a target: `post`/`pre` populations, and whether ΔW is transposed."""
-
-    post: str
-    pre: str
-    transpose: bool
-    terms: tuple[Term, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledRule:
-    target: str  # the parameter name: a weight or `pop.bias`
-    kind: str  # matrix | vector (one-to-one) | bias
-    phases: tuple[str, ...]
-    always: bool
-    orientations: tuple[Orientation, ...]
-    placeholder: str | None
-    span: Any
-
-    def active(self, phase: str) -> bool:
-        return self.always or not self.phases or phase in self.phases
 
 
 class RuleProgram:
@@ -113,50 +60,12 @@ class RuleProgram:
         self.source = model.circuit.source
         spec = model.spec
         self.weights = model.circuit.weights
-        self.rules: list[CompiledRule] = []
-        errors: list[Diagnostic] = []
-        for rule in spec.learning.rules:
-            for target in rule.weights:
-                try:
-                    self.rules.append(self._compile(rule, target))
-                except _NotFactorable as err:
-                    errors.append(err.diagnostic)
-        if errors:
-            raise CircuitError(errors, self.source)
+        # the checker has factored every rule already (`factor.rule_problems`): this cannot fail
+        self.rules: list[CompiledRule] = [
+            factor_rule(rule, target, self.fns.pops, self.weights)
+            for rule in spec.learning.rules for target in rule.weights
+        ]
         self.targets = tuple(dict.fromkeys(r.target for r in self.rules))
-        for ph in spec.learning.phases:
-            if ph.integrator != "euler" and any(r.active(ph.name) for r in self.rules):
-                raise CircuitError(
-                    Diagnostic(f"phase `{ph.name}`: local rules are integrated along Euler steps",
-                               ph.span, "remove `integrator ...` from this phase"),
-                    self.source,
-                )
-            if ph.forward and any(r.active(ph.name) for r in self.rules):
-                raise CircuitError(
-                    Diagnostic(f"phase `{ph.name}` is one `forward` pass: it has no trajectory for rules to follow",
-                               ph.span, "give it `steps N; dt ...`"),
-                    self.source,
-                )
-
-    # ------------------------------------------------------------- compile --
-    def _compile(self, rule, target: str) -> CompiledRule:
-        pops = self.fns.pops
-        if target.endswith(".bias"):
-            n = target[: -len(".bias")]
-            orients = [(n, n, False)]
-            kind = "bias"
-        else:
-            e = self.weights[target]
-            kind = "vector" if e.kind == "one_to_one" else "matrix"
-            orients = [(e.post, e.pre, False)]
-            if e.kind == "undirected":  # both ends take a turn as `post`
-                orients.append((e.pre, e.post, True))
-        out = []
-        for post, pre, transpose in orients:
-            ctx = _Context(post, pre, pops, kind, target, rule.placeholder, self.weights)
-            terms = tuple(_expand(rule.expr, ctx))
-            out.append(Orientation(post, pre, transpose, terms))
-        return CompiledRule(target, kind, rule.phases, rule.always, tuple(out), rule.placeholder, rule.span)
 
     def wanted(self, phase: str) -> set[tuple[str, str]]:
         """The (population, member) values the rules active in `phase` read."""
@@ -189,26 +98,24 @@ class RuleProgram:
                     for point, obs in (("now", obs_now), ("next", obs_next))
                 }
                 m = self._terms(o, r, envs, params, batch)
-                if o.transpose:
-                    m = m.T
                 total = m if total is None else total + m
             out[r.target] = out[r.target] + total if r.target in out else total
         return out
 
     def _terms(self, o: Orientation, r: CompiledRule, envs, params, B: int):
-        """ΔW of one orientation: per group of terms sharing their pre-side factor,
-        one (B, post)ᵀ (B, pre) product over the batch."""
+        """Δθ of one orientation, batch-averaged: per group of terms sharing their
+        pre-side factor Q, the summed post-side factor P, lowered through the
+        connection's operator as ∂/∂W ⟨P, stages(W, Q)⟩ (`Wiring.weight_update`): for
+        a dense weight the (B, post)ᵀ (B, pre) product, for a kernel a correlation."""
         ev = self.model.ev
-        shape = params[r.target].shape
-        if o.transpose:
-            shape = shape[::-1]
+        W = self.fns.wiring
+        shapes = self.fns.shapes
 
         def value(a: Atom):
             if a.point == "avg":
                 return 0.5 * (ev.eval(a.expr, envs["now"]) + ev.eval(a.expr, envs["next"]))
             return ev.eval(a.expr, envs[a.point])
 
-        n_post = shape[0]
         groups: dict[tuple, list[Term]] = {}
         for term in o.terms:
             key = tuple(a for a in term.atoms if a.side in (PRE, SYN))
@@ -221,27 +128,25 @@ class RuleProgram:
                 for a in term.atoms:
                     if a.side in (POST, SCALAR):
                         p = p * value(a)
-                p = jnp.broadcast_to(p, (B, n_post))
+                p = jnp.broadcast_to(p, (B, *shapes[o.post]))
                 P = p if P is None else P + p
-            pre = [a for a in key if a.side == PRE]
-            syn = [a for a in key if a.side == SYN]
-            if r.kind == "bias" or r.kind == "vector":
-                Q = 1.0
-                for a in pre:
+            Q = 1.0
+            for a in key:
+                if a.side == PRE:
                     Q = Q * value(a)
-                m = jnp.mean(P * Q, axis=0)
-            elif pre:
-                Q = 1.0
-                for a in pre:
-                    Q = Q * value(a)
-                Q = jnp.broadcast_to(Q, (B, shape[1]))
-                m = lax.dot_general(P, Q, (((0,), (0,)), ((), ()))) / B
+            if r.kind == "bias":
+                m = W.bias_update(r.target[: -len(".bias")], params, P * Q) / B
             else:
-                m = jnp.broadcast_to(jnp.mean(P, axis=0)[:, None], shape)
-            for a in syn:
-                m = m * value(a)
+                e = self.weights[r.target]
+                Q = jnp.broadcast_to(Q, (B, *shapes[o.pre]))
+                # P lives where the chain ends, Q where it starts; the reverse orientation of
+                # an undirected coupling swaps them
+                m = (W.weight_update(e, params, Q, P) if o.transpose else W.weight_update(e, params, P, Q)) / B
+            for a in key:
+                if a.side == SYN:
+                    m = m * value(a)
             total = total + m
-        return jnp.broadcast_to(total, shape)
+        return jnp.broadcast_to(total, params[r.target].shape)
 
     # ---------------------------------------------------------------- run --
     def run(self, phase: PhaseSpec, params, x, s0, beta=None, y=None, stream: bool = False,
@@ -289,105 +194,6 @@ class RuleProgram:
         # what the circuit shows (s, or ŭ with `prospective`), with the relaxations' result code
         res = model.relaxer._finish(last["state"], x, jnp.asarray(steps), jnp.asarray(OK))
         return (res, p, opt_state) if stream else (res, acc)
-
-
-# --------------------------------------------------------------- expansion --
-class _NotFactorable(Exception):
-    def __init__(self, diagnostic: Diagnostic) -> None:
-        self.diagnostic = diagnostic
-
-
-@dataclasses.dataclass
-class _Context:
-    post: str
-    pre: str
-    pops: Mapping[str, Any]
-    kind: str
-    target: str
-    placeholder: str | None
-    weights: Mapping[str, Any]
-
-    def side_of_member(self, node: S.Member) -> str:
-        obj = node.obj.name
-        if obj == "post":
-            return POST
-        if obj == "pre":
-            return POST if self.kind == "bias" else PRE
-        if obj == self.post:
-            return POST
-        if obj == self.pre:
-            return POST if self.kind == "bias" else PRE
-        size = self.pops[obj].size
-        if size == self.pops[self.post].size:
-            return POST
-        if size == self.pops[self.pre].size and self.kind != "bias":
-            return PRE
-        ends = f"{self.pops[self.pre].size} → {self.pops[self.post].size}"
-        raise _NotFactorable(Diagnostic(
-            f"`{obj}.{node.attr.name}` has {size} values, but `{self.target}` connects {ends} neurons: "
-            "a population named in a rule must have the size of one end of the synapse",
-            node.span,
-            "use `post.` / `pre.` for the ends of the synapse",
-        ))
-
-
-def _sides(expr, ctx: _Context) -> set[str]:
-    sides: set[str] = set()
-    for node in S.walk(expr):
-        if isinstance(node, S.Member):
-            sides.add(ctx.side_of_member(node))
-        elif isinstance(node, S.Var) and (node.name in ctx.weights or node.name == ctx.placeholder):
-            name = ctx.target if node.name == ctx.placeholder else node.name
-            if ctx.kind == "bias" or ctx.weights[name].shape != ctx.weights.get(ctx.target, ctx.weights[name]).shape:
-                raise _NotFactorable(Diagnostic(
-                    f"`{node.name}` has a different shape from `{ctx.target}`, the weight this rule updates",
-                    node.span,
-                ))
-            sides.add(SYN)
-    return sides
-
-
-def _has_derivative(expr) -> bool:
-    return any(isinstance(n, S.TimeDerivative) for n in S.walk(expr))
-
-
-def _expand(expr, ctx: _Context) -> list[Term]:
-    sides = _sides(expr, ctx)
-    if len(sides) <= 1 and not _has_derivative(expr):
-        side = next(iter(sides)) if sides else SCALAR
-        return [Term(1.0, (Atom(side, expr),))]
-    if isinstance(expr, S.Binary) and expr.op in "+-" and len(expr.op) == 1:
-        left, right = _expand(expr.left, ctx), _expand(expr.right, ctx)
-        if expr.op == "-":
-            right = [Term(-t.coef, t.atoms) for t in right]
-        return left + right
-    if isinstance(expr, S.Binary) and expr.op == "*":
-        left, right = _expand(expr.left, ctx), _expand(expr.right, ctx)
-        return [Term(a.coef * b.coef, a.atoms + b.atoms) for a in left for b in right]
-    if isinstance(expr, S.Binary) and expr.op == "/":
-        rs = _sides(expr.right, ctx)
-        if len(rs) <= 1 and not _has_derivative(expr.right):
-            side = next(iter(rs)) if rs else SCALAR
-            inv = S.Binary("/", S.Number(1.0, "1", expr.span), expr.right, expr.right.span)
-            return [Term(t.coef, t.atoms + (Atom(side, inv),)) for t in _expand(expr.left, ctx)]
-    if isinstance(expr, S.Unary):
-        inner = _expand(expr.operand, ctx)
-        return [Term(-t.coef, t.atoms) for t in inner] if expr.op == "-" else inner
-    if isinstance(expr, S.TimeDerivative):
-        if any(isinstance(n, S.TimeDerivative) for n in list(S.walk(expr))[1:]):
-            raise _NotFactorable(Diagnostic("a time derivative inside a time derivative is not supported", expr.span))
-        inv_dt = Atom(SCALAR, S.Binary("/", S.Number(1.0, "1", expr.span), S.Var("dt", expr.span), expr.span), "now")
-        out = []
-        for t in _expand(expr.expr, ctx):
-            out.append(Term(t.coef, t.at("next").atoms + (inv_dt,)))
-            out.append(Term(-t.coef, t.at("now").atoms + (inv_dt,)))
-        return out
-    raise _NotFactorable(Diagnostic(
-        "this part of the rule mixes the post and pre ends of the synapse in a way that is not a "
-        "product of a post-side and a pre-side factor, so it would need a batch × post × pre tensor",
-        expr.span,
-        "write the rule as a sum of products like `f(post.…) * g(pre.…)`",
-    ))
 
 
 # ------------------------------------------------------------ observations --
@@ -448,9 +254,9 @@ def fns_main(fns, pop: str) -> str:
 
 
 def _net_input(model, full, params, x) -> dict[str, Array]:
-    """μ per population: Σ ± W ρ(pre) over its inputs plus its bias (both ways for `--`)."""
+    """μ per population: Σ ± P(W ⋆ ρ(pre)) over its inputs plus its bias (both ways for `--`)."""
     fns = model.fns
-    w = weights_of(fns.edges, params)
+    W = fns.wiring
     r = {n: fns.act[n](v) for n, v in full.items() if n in fns.pops}
     out: dict[str, Array] = {}
 
@@ -458,13 +264,11 @@ def _net_input(model, full, params, x) -> dict[str, Array]:
         out[n] = out[n] + v if n in out else v
 
     for e in fns.edges:
-        if e.kind == "undirected":
-            add(e.post, r[e.pre] @ w[e.weight].T)
-            add(e.pre, r[e.post] @ w[e.weight])
-        else:
-            add(e.post, fns._predict(e, w, r[e.pre]))
+        add(e.post, W.drive(e, params, r))
+        if e.kind == "undirected":  # its term sends ∂/∂ρ(b) ⟨ρ(a), P(W ⋆ ρ(b))⟩ to the other end
+            add(e.pre, W.back(e, params, r, r[e.post]))
     for n in fns.biased:
-        add(n, params[f"{n}.bias"][None, :])
+        add(n, W.bias(n, params))
     return out
 
 
@@ -477,8 +281,8 @@ def _env(model, o: Orientation, obs, w, rule: CompiledRule, phase: PhaseSpec, be
             env[f"post.{member}"] = v
         if pop == o.pre:
             env[f"pre.{member}"] = v
-    for name, value in w.items():
-        env[name] = value.T if o.transpose else value
+    for name, value in w.items():  # synaptic factors multiply the update in the weight's own layout
+        env[name] = value
     if rule.placeholder:
         env[rule.placeholder] = env[rule.target] if rule.target in env else None
     return env

@@ -47,6 +47,7 @@ class BuilderBase:
         self.tie_spans: dict[str, Span] = {}  # tied weight -> its `= W` / `= transpose(W)`
         self.unknown_dynamics = False  # an energy preset or `dynamics` name was misspelled
         self.cost_statements = 0  # `cost` lines written: a bad cost is reported, not also "missing"
+        self.learn_statements = 0  # `learn` blocks written
 
     # ---------------------------------------------------------- diagnostics --
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:

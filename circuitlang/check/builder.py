@@ -83,6 +83,7 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
         for s in connections:
             self.connection(s)
         self.ties()
+        self.learn_statements = len(by(S.Learn))
         energies = by(S.Energy)
         dynamics = by(S.Dynamics)
         energy = self.energy(energies)

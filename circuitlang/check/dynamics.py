@@ -136,6 +136,22 @@ class DynamicsMixin(BuilderBase):
                 first.span,
                 "add `energy hopfield`, `energy predictive` or `dynamics leaky`, or give populations a cell type",
             )
+        elif energy is None and dyn is None and not typed:
+            free = [p for p in self.pops.values() if p.role != "input"]
+            if free and self.learn_statements:
+                self.error(
+                    "nothing says how the states evolve, so the circuit cannot be run or trained",
+                    free[0].span,
+                    "add `energy hopfield`, `energy predictive` or `dynamics leaky`, or give populations a cell type",
+                )
+        if energy is not None and typed:
+            pop = next(p for p in self.pops.values() if p.cell_type)
+            self.error(
+                f"`{pop.name}` has cell type `{pop.cell_type}` with its own equations, but the circuit "
+                "also has an energy (whose gradient would be the dynamics)",
+                pop.span,
+                f"remove the energy at line {energy.span.line}, or the cell type",
+            )
 
     # ---------------------------------------------------------------- cost --
     def cost(self, s: S.Cost) -> CostSpec | None:

@@ -33,7 +33,9 @@ from ..graph import (
     RuleSpec,
 )
 from ..source import Span
+from ..factor import rule_problems
 from .base import BuilderBase
+from .estimators import estimator_parts_problems, integrator_problems
 
 
 class LearningMixin(BuilderBase):
@@ -103,7 +105,7 @@ class LearningMixin(BuilderBase):
             optimizer = self.optimizer(s.optimizers[0])
         rules = tuple(r for r in (self.rule(r, seen) for r in s.rules) if r is not None)
         batch = settings.get("batch", 1)
-        return LearningSpec(
+        spec = LearningSpec(
             method=method,
             phases=tuple(phases),
             estimator=estimator,
@@ -116,6 +118,49 @@ class LearningMixin(BuilderBase):
             span=s.span,
             persistent=bool(settings.get("persistent", False)),
         )
+        self._lowerable(spec, energy, dyn, est_attr, rules_ok=len(rules) == len(s.rules))
+        return spec
+
+    def _lowerable(self, spec: LearningSpec, energy: EnergySpec | None, dyn: DynamicsSpec | None,
+                   est_attr: S.Attr | None, rules_ok: bool) -> None:
+        """What the lowering of a `learn` block relies on: the estimator's and the
+        integrators' needs, rules that factor into post × pre products, and what
+        `prospective` needs. (With an unknown energy or dynamics name, or errors in
+        the rules, these would only repeat what is reported.)"""
+        if self.unknown_dynamics:
+            return
+        typed = any(p.cell_type for p in self.pops.values())
+        span = est_attr.value.span if est_attr is not None and est_attr.value is not None else None
+        if spec.estimator in P.ESTIMATORS:
+            skip = {"nudge"} if spec.method == "eqprop" else set()  # `_eqprop_phases` says it
+            if not rules_ok:
+                skip.add("rules")  # a rule with errors is reported already
+            problems = estimator_parts_problems(spec.estimator, spec, energy, self.pops, self.edges,
+                                                self.functions, span, skip=skip)
+            self.errors.extend(problems)
+        for ph in spec.phases:
+            self.errors.extend(integrator_problems(ph, energy, typed))
+        if spec.rules and rules_ok:
+            self.errors.extend(rule_problems(spec, self.pops, self.weight_edges()))
+        if spec.prospective:
+            self._prospective(spec, energy)
+
+    def _prospective(self, spec: LearningSpec, energy: EnergySpec | None) -> None:
+        """Latent equilibrium needs a feed-forward predictive circuit."""
+        ok = energy is not None and set(energy.presets) == {"predictive"} and not energy.terms
+        ok = ok and not any(e.kind == "undirected" for e in self.edges)
+        if ok:
+            g = nx.DiGraph()
+            g.add_nodes_from(self.pops)
+            g.add_edges_from((e.pre, e.post) for e in self.edges)
+            ok = nx.is_directed_acyclic_graph(g)
+        if not ok:
+            self.error(
+                "`prospective` (latent equilibrium) needs a feed-forward predictive circuit: "
+                "`energy predictive` with directed connections only, and no cycle",
+                spec.span,
+                "use `energy predictive` with feed-forward connections, or remove `prospective`",
+            )
 
     def _attrs(self, attrs: Sequence[S.Attr], table: Mapping[str, P.Setting], what: str) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -246,10 +291,11 @@ class LearningMixin(BuilderBase):
             )
 
     def optimizer(self, o: S.Optimizer) -> OptimizerSpec | None:
-        table = P.OPTIMIZERS.get(o.name.name)
-        if table is None:
+        kind = P.OPTIMIZERS.get(o.name.name)
+        if kind is None:
             self._unknown_name("optimizer", o.name, P.OPTIMIZERS, "optimizers")
             return None
+        table = kind.settings
         for opt in o.options:
             self.error(f"optimizer settings go in braces: `optimizer {o.name.name} {{ {opt.key} ... }}`", opt.key_span)
         settings = self._attrs(o.attrs, table, f"optimizer `{o.name.name}`")
@@ -346,8 +392,9 @@ class LearningMixin(BuilderBase):
             "`beta`, `dt` and `t`; define constants with `param NAME = ...`",
             objects=("pre", "post", *self.pops),
         )
+        before = len(self.errors)
         check_expr(r.expr, scope, self.errors)
-        if not ok:
+        if not ok or len(self.errors) > before:
             return None
         return RuleSpec(tuple(p.name for p in r.phases), r.always, tuple(names), placeholder, r.expr, r.span)
 

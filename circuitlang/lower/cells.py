@@ -33,7 +33,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .energy import weights_of
 from .vectorfield import VectorFieldFunctions
 
 __all__ = ["CellFunctions", "NUDGE_COMPARTMENT"]
@@ -68,36 +67,30 @@ class CellFunctions(VectorFieldFunctions):
         return self.pops[n].compartments[0]
 
     # --------------------------------------------------------------- drives --
+    def _group(self, e):
+        return (e.post, e.compartment)
+
+    def _bias_group(self, n):
+        return (n, self.first_compartment(n))
+
     def drives(self, params, x):
         """Loop-invariant compartment inputs from clamped populations: {(post, comp): value}."""
-        w = weights_of(self.edges, params)
-        out: dict[tuple[str, str], Array] = {}
-        for e in self.edges:
-            if e.pre in x and e.post not in x:
-                v = self._predict(e, w, self.act[e.pre](x[e.pre]))
-                key = (e.post, e.compartment)
-                out[key] = out[key] + v if key in out else v
-        return out
+        r = {n: self.act[n](v) for n, v in x.items()}
+        free = set(self.pops) - set(x)
+        return self.wiring.into(params, r, free, skip=lambda e: not self.wiring.reads(e) <= set(x),
+                                biases=False, group=self._group)
 
     def compartments(self, s, params, x, drives=None) -> dict[tuple[str, str], Array]:
         """The summed drive of every (population, compartment) that receives one, biases included."""
-        w = weights_of(self.edges, params)
-        full = {**x, **{n: s[n] for n in self.free if n in s}}
-        rates = {n: self.act[n](v) for n, v in full.items()}
-        out: dict[tuple[str, str], Array] = dict(drives) if drives is not None else {}
-        for e in self.edges:
-            if e.post not in s:
-                continue
-            if drives is not None and e.pre in x:
-                continue
-            v = self._predict(e, w, rates[e.pre])
-            key = (e.post, e.compartment)
-            out[key] = out[key] + v if key in out else v
-        for n in self.biased:
-            if n in s:
-                key = (n, self.first_compartment(n))
-                b = params[f"{n}.bias"][None, :]
-                out[key] = out[key] + b if key in out else b
+        W = self.wiring
+        rates = self._rates({n: s[n] for n in self.free if n in s}, x)
+        to = {n for n in self.free if n in s}
+        if drives is None:
+            return W.into(params, rates, to, group=self._group, bias_group=self._bias_group)
+        out = W.into(params, rates, to, skip=lambda e: W.reads(e) <= set(x), group=self._group,
+                     bias_group=self._bias_group)
+        for k, v in drives.items():
+            out[k] = out[k] + v if k in out else v
         return out
 
     # ---------------------------------------------------------------- force --

@@ -1,22 +1,26 @@
 """Energy circuits: E(s, θ, x) and the cost C(s, y), as pure JAX functions.
 
-States are dicts {population: (batch, size) array}. Energies and costs are
-**summed over the batch**, so ∂E/∂s is each example's own gradient and the
-mean-loss gradient is the batch sum divided by the batch size.
+States are dicts {population: (batch, *compiled shape) array}. Energies and
+costs are **summed over the batch**, so ∂E/∂s is each example's own gradient
+and the mean-loss gradient is the batch sum divided by the batch size.
 
-* ``hopfield`` (Scellier & Bengio 2017)::
+* ``hopfield`` (Scellier & Bengio 2017; with convolutions and pooling,
+  Laborieux et al. 2021's Φ)::
 
-      E = Σ_n ½|s_n|² − Σ_(a--b) ρ(s_a)ᵀ W ρ(s_b) − Σ_n b_nᵀ ρ(s_n)
+      E = Σ_n ½|s_n|² − Σ_(a--b) ⟨ρ(s_a), P(W ⋆ ρ(s_b))⟩ − Σ_n ⟨b_n, ρ(s_n)⟩
 
+  where ``P(W ⋆ ·)`` is the coupling's operator (`ops/`; a dense W: W ρ(s_b)).
 * ``predictive`` (Whittington & Bogacz 2017)::
 
-      E = Σ_n ½|s_n − μ_n|²,   μ_n = Σ_(a→n) ± W ρ(s_a) + b_n
+      E = Σ_n ½|s_n − μ_n|²,   μ_n = Σ_(a→n) ± P(W ⋆ ρ(s_a)) + b_n
 
 * custom ``term``s: scalars per example, summed.
 
-The parts of E that only involve clamped populations and weights (the
-*drives*, e.g. ``W1 ρ(x)``) do not change during a relaxation: `drives()`
-computes them once per phase and `energy(..., drives=...)` reuses them.
+Every coupling is read through `Wiring` (one drive computation for the whole
+back end). The parts of E that only involve clamped populations and weights
+(the *drives*, e.g. ``W1 ρ(x)``, or a clamped input's pooled convolution) do
+not change during a relaxation: `drives()` computes them once per phase and
+`energy(..., drives=...)` reuses them.
 """
 
 from __future__ import annotations
@@ -27,27 +31,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .. import primitives as P
 from ..graph import CircuitSpec, ConnectionEdge, PopulationNode
+from ..layout import internal
+from ..ops.base import chain_apply
 from .exprs import Evaluator
+from .wiring import Wiring, weights_of
 
 __all__ = ["EnergyFunctions", "weights_of"]
 
 Array = Any
 State = Mapping[str, Array]
-
-
-def weights_of(edges: list[ConnectionEdge], params: Mapping[str, Array]) -> dict[str, Array]:
-    """Every weight by name, tied ones derived from their source."""
-    out: dict[str, Array] = {}
-    for e in edges:
-        if e.weight is None:
-            continue
-        if e.tied_to is not None:
-            w = params[e.tied_to]
-            out[e.weight] = w.T if e.transposed else w
-        else:
-            out[e.weight] = params[e.weight]
-    return out
 
 
 class EnergyFunctions:
@@ -59,13 +53,16 @@ class EnergyFunctions:
         self.pops = dict(pops)
         self.edges = edges
         self.ev = ev
+        self.wiring = Wiring(pops, edges)
         self.presets = set(spec.energy.presets) if spec.energy else set()
+        self.preset_impls = {name: P.ENERGIES[name].load() for name in (spec.energy.presets if spec.energy else ())}
         self.terms = spec.energy.terms if spec.energy else ()
         self.clamped = tuple(n for n, p in pops.items() if p.role == "input")
         self.free = tuple(n for n, p in pops.items() if p.role != "input")  # by default
         self.act = {n: ev.function(p.activation) for n, p in pops.items()}
         self.biased = tuple(n for n, p in pops.items() if p.bias)
         self.costs = spec.costs
+        self.shapes = {n: internal(p.shape) for n, p in pops.items()}
 
     # -------------------------------------------------------------- pieces --
     def project(self, s: State) -> dict[str, Array]:
@@ -87,42 +84,16 @@ class EnergyFunctions:
             return {n: (v if n in free else self.act[n](v)) for n, v in s.items()}
         return {n: self.act[n](v) for n, v in s.items()}
 
+    def _hoisted(self, e: ConnectionEdge, clamped) -> bool:
+        """Whether a hopfield coupling's term is folded into the clamped drives."""
+        if (e.pre in clamped) == (e.post in clamped):
+            return False
+        return e.pre in clamped or self.wiring.linear[id(e)]
+
     def drives(self, params: Mapping[str, Array], x: State) -> dict[str, dict[str, Array]]:
-        """Loop-invariant inputs from clamped populations, per target population.
-
-        For hopfield couplings `a -- c` with `c` clamped, the drive into `a` is
-        W ρ(c); for predictive `c -> n`, the part of μ_n that comes from `c`
-        (plus b_n).
-        """
-        w = weights_of(self.edges, params)
+        """Loop-invariant inputs from clamped populations, per preset and target population."""
         r = {n: self.act[n](v) for n, v in x.items()}
-        hop: dict[str, Array] = {}
-        pred: dict[str, Array] = {}
-
-        def add(out, n, v):
-            out[n] = out[n] + v if n in out else v
-
-        for e in self.edges:
-            if e.kind == "undirected" and "hopfield" in self.presets:
-                if e.pre in r and e.post not in r:
-                    add(hop, e.post, r[e.pre] @ w[e.weight].T)
-                elif e.post in r and e.pre not in r:
-                    add(hop, e.pre, r[e.post] @ w[e.weight])
-            elif e.kind != "undirected" and "predictive" in self.presets and e.pre in r:
-                add(pred, e.post, self._predict(e, w, r[e.pre]))
-        if "predictive" in self.presets:
-            for n in self.biased:
-                add(pred, n, params[f"{n}.bias"][None, :])
-        return {"hopfield": hop, "predictive": pred}
-
-    def _predict(self, e: ConnectionEdge, w, r_pre):
-        if e.kind == "one_to_one":
-            v = r_pre * e.gain
-            if e.weight is not None:
-                v = v * w[e.weight][None, :]
-        else:
-            v = r_pre @ w[e.weight].T
-        return v if e.sign > 0 else -v
+        return {name: impl.drives(self, params, r) for name, impl in self.preset_impls.items()}
 
     # -------------------------------------------------------------- energy --
     def energy(self, s: State, params: Mapping[str, Array], x: State,
@@ -131,70 +102,38 @@ class EnergyFunctions:
         """E summed over the batch. `s` holds the free populations, `x` the clamped."""
         full = {**x, **s}
         r = self.rates(full, rates_are_states, free=s)
-        w = weights_of(self.edges, params)
         E = 0.0
-        if "hopfield" in self.presets:
-            E = E + self._hopfield(s, r, w, params, drives and drives["hopfield"], leak)
-        if "predictive" in self.presets:
-            E = E + self._predictive(s, full, r, w, params, drives and drives["predictive"])
+        for name, impl in self.preset_impls.items():
+            E = E + impl.energy(self, s, full, r, x, params, drives and drives[name], leak)
         for term in self.terms:
-            E = E + self._term(term, full, w)
+            E = E + self._term(term, full, params)
         return E
 
-    def _hopfield(self, s, r, w, params, drives, leak):
-        E = 0.0
-        if leak:
-            for n in s:
-                E = E + 0.5 * jnp.sum(s[n] * s[n])
-        for e in self.edges:
-            if e.kind != "undirected":
-                continue
-            a, b = e.post, e.pre  # W: (|a|, |b|), term ρ(s_a)ᵀ W ρ(s_b)
-            # with `drives`, terms with a clamped end come from there (hoisted)
-            if drives is None or (a in s and b in s):
-                E = E - jnp.sum(r[a] * (r[b] @ w[e.weight].T))
-        if drives is not None:
-            for n, d in drives.items():
-                E = E - jnp.sum(r[n] * d)
-        for n in self.biased:
-            E = E - jnp.sum(r[n] * params[f"{n}.bias"][None, :])
-        return E
-
-    def _predictive(self, s, full, r, w, params, drives):
-        mu: dict[str, Array] = dict(drives) if drives is not None else {}
-        for e in self.edges:
-            if e.kind == "undirected":
-                continue
-            if drives is not None and e.pre not in s:
-                continue
-            v = self._predict(e, w, r[e.pre])
-            mu[e.post] = mu[e.post] + v if e.post in mu else v
-        if drives is None:
-            for n in self.biased:
-                b = params[f"{n}.bias"][None, :]
-                mu[n] = mu[n] + b if n in mu else b
-        E = 0.0
-        for n in self.pops:
-            if n in s or n in mu:
-                err = full[n] - mu[n] if n in mu else full[n]
-                E = E + 0.5 * jnp.sum(err * err)
-        return E
-
-    def _term(self, term, full, w):
+    def _term(self, term, full, params):
+        """A custom term: population values as flat vectors (batch, N), weights as arrays;
+        `W @ v` applies a weight's operator (a matrix product for a dense weight)."""
+        w = weights_of(self.edges, params)
         env: dict[str, Array] = dict(w)
-        for n, v in full.items():
+        flat = {n: v.reshape(v.shape[0], -1) for n, v in full.items()}
+        for n, v in flat.items():
             env[f"{n}.s"] = v
         if term.over == "weights":
             total = 0.0
             for name in term.targets:
                 e = next(x for x in self.edges if x.weight == name)
-                local = dict(env, W=w[name])
-                local["pre.s"], local["post.s"] = full[e.pre], full[e.post]
+                local = dict(env, W=self._handle(e, w[name]))
+                local["pre.s"], local["post.s"] = flat[e.pre], flat[e.post]
                 total = total + jnp.sum(self.ev.eval(term.expr, local))
             return total
         if term.over == "populations":
-            return sum(jnp.sum(self.ev.eval(term.expr, dict(env, **{"self.s": full[n]}))) for n in term.targets)
+            return sum(jnp.sum(self.ev.eval(term.expr, dict(env, **{"self.s": flat[n]}))) for n in term.targets)
         return jnp.sum(self.ev.eval(term.expr, env))
+
+    def _handle(self, e: ConnectionEdge, array):
+        """`W` in `term for W`: the matrix itself when dense, else its operator."""
+        if [st.kind for st in e.stages] == ["dense"]:
+            return array
+        return _Operator(e, array, self.shapes)
 
     # ---------------------------------------------------------------- cost --
     def cost(self, s: State, y: Any) -> Array:
@@ -202,14 +141,111 @@ class EnergyFunctions:
         C = 0.0
         for c in self.costs:
             target = y[c.population] if isinstance(y, Mapping) else y
-            out = s[c.population]
-            if c.kind == "squared":
-                d = out - target
-                C = C + 0.5 * jnp.sum(d * d)
-            else:  # cross_entropy: the state is the logits
-                C = C - jnp.sum(target * jax.nn.log_softmax(out, axis=-1))
+            C = C + P.COSTS[c.kind].load()(s[c.population], target)
         return C
 
     def readout(self, s: State) -> Array:
         """The first cost's output state (the prediction)."""
         return s[self.costs[0].population]
+
+
+class Hopfield:
+    """``E = Σ ½|s|² − Σ_(a--b) ⟨ρ(s_a), P(W ⋆ ρ(s_b))⟩ − Σ ⟨b, ρ(s)⟩`` (`ENERGIES["hopfield"]`)."""
+
+    def drives(self, fns: EnergyFunctions, params, r) -> dict[str, Array]:
+        """For `a -- c` with `c` clamped, the drive into `a` (W ρ(c), or a pooled
+        convolution of ρ(c)); with `a` clamped and a linear operator, its adjoint
+        applied to ρ(a), into `c`."""
+        out: dict[str, Array] = {}
+        for e in fns.edges:
+            if e.kind != "undirected" or not fns._hoisted(e, r):
+                continue
+            if e.pre in r:
+                _add(out, e.post, fns.wiring.drive(e, params, r))
+            else:
+                _add(out, e.pre, fns.wiring.adjoint_drive(e, params, r[e.post]))
+        return out
+
+    def energy(self, fns: EnergyFunctions, s, full, r, x, params, drives, leak):
+        W = fns.wiring
+        E = 0.0
+        if leak:
+            for n in s:
+                E = E + 0.5 * jnp.sum(s[n] * s[n])
+        for e in fns.edges:
+            if e.kind != "undirected":
+                continue
+            if drives is None or (not fns._hoisted(e, x) and (e.pre in s or e.post in s)):
+                E = E - W.pair(e, params, r)
+        if drives is not None:
+            for n, d in drives.items():
+                E = E - jnp.sum(r[n] * d)
+        for n in fns.biased:
+            E = E - jnp.sum(r[n] * W.bias(n, params))
+        return E
+
+
+class Predictive:
+    """``E = Σ ½|s_n − μ_n|²``, ``μ_n = Σ_(a→n) ± P(W ⋆ ρ(s_a)) + b_n`` (`ENERGIES["predictive"]`)."""
+
+    def drives(self, fns: EnergyFunctions, params, r) -> dict[str, Array]:
+        """The part of each μ_n that comes from clamped populations, plus b_n."""
+        out: dict[str, Array] = {}
+        for e in fns.edges:
+            if e.kind != "undirected" and e.pre in r:
+                _add(out, e.post, fns.wiring.drive(e, params, r))
+        for n in fns.biased:
+            _add(out, n, fns.wiring.bias(n, params))
+        return out
+
+    def energy(self, fns: EnergyFunctions, s, full, r, x, params, drives, leak):
+        W = fns.wiring
+        mu: dict[str, Array] = dict(drives) if drives is not None else {}
+        for e in fns.edges:
+            if e.kind == "undirected" or (drives is not None and e.pre not in s):
+                continue
+            _add(mu, e.post, W.drive(e, params, r))
+        if drives is None:
+            for n in fns.biased:
+                _add(mu, n, W.bias(n, params))
+        E = 0.0
+        for n in fns.pops:
+            if n in s or n in mu:
+                err = full[n] - mu[n] if n in mu else full[n]
+                E = E + 0.5 * jnp.sum(err * err)
+        return E
+
+
+HOPFIELD = Hopfield()
+PREDICTIVE = Predictive()
+
+
+class _Operator:
+    """A non-dense weight inside an energy term: `W @ v` runs its stages on a flat `v`."""
+
+    def __init__(self, e: ConnectionEdge, array, shapes) -> None:
+        self.e, self.array, self.shapes = e, array, shapes
+
+    def __matmul__(self, v):
+        b = v.shape[0]
+        out = chain_apply(self.e.stages, self.array, v.reshape((b, *self.shapes[self.e.pre])))
+        return out.reshape(b, -1)
+
+    @property
+    def ndim(self) -> int:  # not a matrix: `exprs._matvec` uses `@`
+        return 0
+
+
+def _add(out: dict, k, v) -> None:
+    out[k] = out[k] + v if k in out else v
+
+
+def squared(out, target):
+    """C = ½ |s − target|², summed over the batch."""
+    d = out - target
+    return 0.5 * jnp.sum(d * d)
+
+
+def cross_entropy(out, target):
+    """C = −Σ target · log softmax(s): the state is read as logits."""
+    return -jnp.sum(target * jax.nn.log_softmax(out, axis=-1))

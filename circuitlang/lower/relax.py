@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import networkx as nx
 from jax import lax
 
+from .. import primitives as P
 from ..errors import CircuitRuntimeError, Diagnostic
 from ..graph import PhaseSpec
 from .energy import EnergyFunctions
@@ -151,36 +152,8 @@ class Relaxer:
         return Relaxation({**x, **s}, steps, code)
 
     def _step(self, phase: PhaseSpec, params, x, drives, beta, y):
-        fns = self.fns
-        dt = phase.dt
-        proto = phase.integrator == "prototypical"
-        if getattr(fns, "vector_field", False):
-            timed = hasattr(fns, "compartments")  # cell ODEs may read `t`, the time in the phase
-
-            def vf_force(s, i):
-                if timed:
-                    return fns.force(s, params, x, drives, beta, y, t=i * dt)
-                return fns.force(s, params, x, drives, beta, y)
-
-            return lambda i, s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), vf_force(s, i).values())})
-
-        def total(s):
-            E = fns.energy(s, params, x, drives, leak=not proto, rates_are_states=proto)
-            if beta is not None:
-                E = E + beta * fns.cost(s, y)
-            return E
-
-        def step(i, s):
-            holo = any(jnp.iscomplexobj(v) for v in s.values())
-            g = jax.grad(total, holomorphic=holo)(s)
-            if proto:
-                target = {n: fns.act[n](-g[n]) for n in s}
-                if dt != 1.0:
-                    target = {n: s[n] + dt * (target[n] - s[n]) for n in s}
-                return fns.project(target)
-            return fns.project({n: s[n] - dt * g[n] for n in s})
-
-        return step
+        """One step `(i, s) -> s'` of `phase`'s integrator (`primitives.INTEGRATORS`)."""
+        return P.INTEGRATORS[phase.integrator].load()(self.fns, phase, params, x, drives, beta, y)
 
     def prospective_state(self, params, x, s_like, beta=None, y=None, with_forward: bool = False):
         """The prospective state ŭ = s + τ ds/dt of latent equilibrium (Haider et al. 2021).
@@ -194,13 +167,12 @@ class Relaxer:
         fixed-prediction assumption, i.e. backprop's deltas scaled by the nudge
         (Whittington & Bogacz 2017). With `with_forward`, returns (ŭ, μ).
         """
-        from .energy import weights_of
-
         fns = self.fns
         mu = self.forward(params, x, s_like)
         if beta is None:
             return (mu, mu) if with_forward else mu
-        w = weights_of(fns.edges, params)
+        W = fns.wiring
+        rates = {n: fns.act[n](v) for n, v in {**x, **mu}.items()}
         costs = {c.population for c in fns.costs}
         err: dict[str, Array] = {}
         for n in reversed(self.order):
@@ -210,13 +182,7 @@ class Relaxer:
             for e in fns.edges:
                 if e.pre != n or e.post not in err:
                     continue
-                if e.kind == "one_to_one":
-                    v = err[e.post] * e.gain
-                    if e.weight is not None:
-                        v = v * w[e.weight][None, :]
-                else:
-                    v = err[e.post] @ w[e.weight]
-                v = v if e.sign > 0 else -v
+                v = W.back(e, params, rates, err[e.post])
                 back = v if back is None else back + v
             e_n = jnp.zeros_like(mu[n]) if back is None else _slope(fns.act[n], mu[n]) * back
             if n in costs:
@@ -235,21 +201,21 @@ class Relaxer:
 
     def forward(self, params, x, s0):
         """The one-pass fixed point of a feed-forward predictive circuit."""
-        from .energy import weights_of
-
         fns = self.fns
-        w = weights_of(fns.edges, params)
+        W = fns.wiring
         values = dict(x)
+        rates = {n: fns.act[n](v) for n, v in x.items()}
         for n in self.order:
             if n in x:
                 continue
             mu = jnp.zeros_like(s0[n])
             for e in fns.edges:
                 if e.post == n and e.kind != "undirected":
-                    mu = mu + fns._predict(e, w, fns.act[e.pre](values[e.pre]))
+                    mu = mu + W.drive(e, params, rates)
             if n in fns.biased:
-                mu = mu + params[f"{n}.bias"][None, :]
+                mu = mu + W.bias(n, params)
             values[n] = mu
+            rates[n] = fns.act[n](mu)
         return {n: values[n] for n in s0}
 
     # --------------------------------------------------------------- errors --
@@ -279,3 +245,50 @@ class Relaxer:
             ),
             self.source,
         )
+
+
+# ------------------------------------------------------------------ integrators --
+def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
+    """`INTEGRATORS["euler"]`: s ← P(s − dt (∂E/∂s + β ∂C/∂s)) on an energy, or
+    s ← P(s + dt ds/dt) on a vector field (P: the projection onto the state bounds)."""
+    dt = phase.dt
+    if getattr(fns, "vector_field", False):
+        timed = hasattr(fns, "compartments")  # cell ODEs may read `t`, the time in the phase
+
+        def force(s, i):
+            if timed:
+                return fns.force(s, params, x, drives, beta, y, t=i * dt)
+            return fns.force(s, params, x, drives, beta, y)
+
+        return lambda i, s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), force(s, i).values())})
+
+    def total(s):
+        E = fns.energy(s, params, x, drives)
+        return E + beta * fns.cost(s, y) if beta is not None else E
+
+    def step(i, s):
+        holo = any(jnp.iscomplexobj(v) for v in s.values())
+        g = jax.grad(total, holomorphic=holo)(s)
+        return fns.project({n: s[n] - dt * g[n] for n in s})
+
+    return step
+
+
+def prototypical_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
+    """`INTEGRATORS["prototypical"]`: the state read as a rate r, r ← P((1 − dt) r + dt ρ(−∂Φ/∂r))
+    with Φ the energy without its ½|s|² (Ernoult et al. 2019; dt = 1: r ← ρ(−∂Φ/∂r))."""
+    dt = phase.dt
+
+    def total(s):
+        E = fns.energy(s, params, x, drives, leak=False, rates_are_states=True)
+        return E + beta * fns.cost(s, y) if beta is not None else E
+
+    def step(i, s):
+        holo = any(jnp.iscomplexobj(v) for v in s.values())
+        g = jax.grad(total, holomorphic=holo)(s)
+        target = {n: fns.act[n](-g[n]) for n in s}
+        if dt != 1.0:
+            target = {n: s[n] + dt * (target[n] - s[n]) for n in s}
+        return fns.project(target)
+
+    return step

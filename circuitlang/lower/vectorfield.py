@@ -1,16 +1,18 @@
 """Vector-field circuits (`dynamics leaky`): dynamics that are not a gradient.
 
-    tau ds/dt = −s + Σ_(a→s) ± W ρ(s_a) + b − β ∂C/∂s        (Scellier et al. 2018)
+    tau ds/dt = −s + Σ_(a→s) ± P(W ⋆ ρ(s_a)) + b − β ∂C/∂s        (Scellier et al. 2018)
 
-Directed connections (and one-to-one ones) feed the summed drive; there is no
-energy, so feedback weights can differ from the forward ones. The same
-phases, integrators, result codes and error locations as energy circuits
-apply (`relax.Relaxer` asks for `force` instead of differentiating an
-energy). The generalized EqProp update is
+Directed connections (and one-to-one ones) feed the summed drive, through
+their operators (`ops/`, read by `Wiring`); there is no energy, so feedback
+weights can differ from the forward ones. The same phases, integrators,
+result codes and error locations as energy circuits apply (`relax.Relaxer`
+asks for `force` instead of differentiating an energy). The generalized
+EqProp update is
 
-    ΔW ∝ (1/β) (s_post^β − s_post^0) ρ(s_pre^0)ᵀ,
+    ΔW ∝ (1/β) ⟨s_post^β − s_post^0, ∂/∂W P(W ⋆ ρ(s_pre^0))⟩,
 
-which `learning` obtains as the parameter gradient of `update_potential`.
+which `learning` obtains as the parameter gradient of `update_potential`
+(for a dense weight: (s_post^β − s_post^0) ρ(s_pre^0)ᵀ).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .energy import EnergyFunctions, weights_of
+from .energy import EnergyFunctions
 
 __all__ = ["VectorFieldFunctions"]
 
@@ -33,32 +35,26 @@ class VectorFieldFunctions(EnergyFunctions):
 
     vector_field = True
 
+    def _rates(self, s, x):
+        full = {**x, **s}
+        return {n: self.act[n](v) for n, v in full.items() if n in self.pops}
+
     def drives(self, params, x):
-        w = weights_of(self.edges, params)
-        out: dict[str, Array] = {}
-        for e in self.edges:
-            if e.pre in x and e.post not in x:
-                v = self._predict(e, w, self.act[e.pre](x[e.pre]))
-                out[e.post] = out[e.post] + v if e.post in out else v
-        for n in self.biased:
-            b = params[f"{n}.bias"][None, :]
-            out[n] = out[n] + b if n in out else b
-        return out
+        """The loop-invariant part of every free population's drive: the connections
+        that read only clamped populations, and the biases."""
+        r = {n: self.act[n](v) for n, v in x.items()}
+        free = set(self.pops) - set(x)
+        return self.wiring.into(params, r, free, skip=lambda e: not self.wiring.reads(e) <= set(x))
 
     def drive(self, s, params, x, drives=None) -> dict[str, Array]:
-        """Σ_in ± W ρ(pre) + b for each free population."""
-        w = weights_of(self.edges, params)
-        full = {**x, **s}
-        out: dict[str, Array] = dict(drives) if drives is not None else {}
+        """Σ_in ± P(W ⋆ ρ(pre)) + b for each free population."""
+        W = self.wiring
+        r = self._rates(s, x)
         if drives is None:
-            for n in self.biased:
-                if n in s:
-                    out[n] = params[f"{n}.bias"][None, :] + out.get(n, 0.0)
-        for e in self.edges:
-            if e.post not in s or (drives is not None and e.pre in x):
-                continue
-            v = self._predict(e, w, self.act[e.pre](full[e.pre]))
-            out[e.post] = out[e.post] + v if e.post in out else v
+            return W.into(params, r, set(s))
+        out = W.into(params, r, set(s), skip=lambda e: W.reads(e) <= set(x), biases=False)
+        for n, v in drives.items():
+            out[n] = out[n] + v if n in out else v
         return out
 
     def force(self, s, params, x, drives=None, beta=None, y=None) -> dict[str, Array]:
@@ -71,18 +67,14 @@ class VectorFieldFunctions(EnergyFunctions):
         return f
 
     def update_potential(self, params, delta: Mapping[str, Array], s0, x) -> Array:
-        """A scalar whose θ-gradient is −Σ_edges δ_postᵀ W ρ(s_pre^0) − Σ δ·b: the
+        """A scalar whose θ-gradient is −Σ_edges ⟨δ_post, drive⟩ − Σ ⟨δ, b⟩ at s^0: the
         generalized EqProp update (δ = s^β − s^0, held constant)."""
         delta = {n: jax.lax.stop_gradient(v) for n, v in delta.items()}
-        full = {**x, **{n: jax.lax.stop_gradient(v) for n, v in s0.items()}}
-        w = weights_of(self.edges, params)
+        r = self._rates({n: jax.lax.stop_gradient(v) for n, v in s0.items()}, x)
+        W = self.wiring
         total = 0.0
-        for e in self.edges:
-            if e.post in delta:
-                total = total - jnp.sum(delta[e.post] * self._predict(e, w, self.act[e.pre](full[e.pre])))
-        for n in self.biased:
-            if n in delta:
-                total = total - jnp.sum(delta[n] * params[f"{n}.bias"][None, :])
+        for post, v in W.into(params, r, set(delta)).items():
+            total = total - jnp.sum(delta[post] * v)
         return total
 
     def energy(self, *args, **kwargs):  # pragma: no cover - guarded by `vector_field`
