@@ -60,13 +60,18 @@ class Dataset:
 
     Attributes:
         name: the kind (``digits``, ``fashion-mnist``, ``mnist``, ``synthetic``, ``npz``).
-        x_train, x_test: float32 ``(N, D)`` inputs, scaled to [0, 1].
+        x_train, x_test: float32 ``(N, D)`` inputs, scaled to [0, 1]. Each row is one
+            sample of shape `shape` flattened in C order.
         y_train, y_test: int32 labels ``(N,)`` for classification; float32 ``(N, K)``
             targets for regression.
         n_classes: the number of classes, or None for regression.
         input_size: D.
         output_size: K, the number of output units (``n_classes`` or the target size).
         spec: the canonical spec that rebuilds exactly this dataset, every default spelled out.
+        shape: the shape of one sample in written order, ``prod(shape) == D``:
+            ``(channels, height, width)`` for images (channel-major, then rows, then
+            columns: the order of the CIFAR binary files and of MNIST's pixels), ``(D,)``
+            for flat data. Left empty, it is ``(D,)``.
 
     Arrays returned by `load` are read-only (they may be shared by a cache).
     """
@@ -80,8 +85,18 @@ class Dataset:
     input_size: int
     output_size: int
     spec: str = ""
+    shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        where = self.spec or self.name
+        shape = tuple(self.shape) or (self.input_size,)
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise DataError(f"{where}: sample shape {shape} must be positive integers")
+        shape = tuple(int(n) for n in shape)
+        if math.prod(shape) != self.input_size:
+            raise DataError(f"{where}: samples shaped {shape} hold {math.prod(shape)} values, "
+                            f"but input_size is {self.input_size}")
+        object.__setattr__(self, "shape", shape)
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             where = f"{self.spec or self.name}: {split} set"
@@ -114,8 +129,9 @@ class Dataset:
 
     def __repr__(self) -> str:
         task = f"{self.n_classes} classes" if self.n_classes is not None else f"regression to {self.output_size}"
+        inputs = f"{self.input_size} inputs" + (f" ({'x'.join(map(str, self.shape))})" if len(self.shape) > 1 else "")
         return (f"Dataset({self.spec or self.name!r}: {len(self.x_train)} train / {len(self.x_test)} test, "
-                f"{self.input_size} inputs, {task})")
+                f"{inputs}, {task})")
 
 
 def load(spec: str, *, seed: int = 0) -> Dataset:
@@ -160,7 +176,7 @@ def _cache_dir() -> Path | None:
 def _digits() -> Dataset:
     x_train, y_train, x_test, y_test = _digits_arrays(_cache_dir())
     return _frozen(Dataset("digits", x_train / np.float32(16), y_train, x_test / np.float32(16), y_test,
-                           n_classes=10, input_size=64, output_size=10, spec="digits"))
+                           n_classes=10, input_size=64, output_size=10, spec="digits", shape=(1, 8, 8)))
 
 
 def _digits_arrays(cache_dir: Path | None) -> tuple[np.ndarray, ...]:
@@ -296,10 +312,12 @@ def _idx_cached(kind: str, root: str, files: tuple[tuple[str, int, int], ...]) -
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{files[0][0]} and {files[2][0]}: image sizes differ "
                         f"({x_train.shape[1:]} vs {x_test.shape[1:]})")
-    d = x_train.shape[1] * x_train.shape[2]
+    rows, cols = x_train.shape[1:]
+    d = rows * cols
     flat = [(x.reshape(len(x), d).astype(np.float32) / np.float32(255)) for x in (x_train, x_test)]
     return _frozen(Dataset(kind, flat[0], y_train.astype(np.int32), flat[1], y_test.astype(np.int32),
-                           n_classes=10, input_size=d, output_size=10, spec=f"{kind}:{root}"))
+                           n_classes=10, input_size=d, output_size=10, spec=f"{kind}:{root}",
+                           shape=(1, rows, cols)))
 
 
 # ---------------------------------------------------------------- synthetic
@@ -389,14 +407,16 @@ def synthetic(n_train: int = 10000, n_test: int = 2000, n_in: int = 392, n_out: 
     (x_train, y_train), (x_test, y_test) = sample(train_rng, n_train), sample(test_rng, n_test)
     spec = f"synthetic:n={n_train},test={n_test},in={n_in},out={n_out},hidden={hidden},seed={seed}"
     return _frozen(Dataset("synthetic", x_train, y_train, x_test, y_test,
-                           n_classes=None, input_size=n_in, output_size=n_out, spec=spec))
+                           n_classes=None, input_size=n_in, output_size=n_out, spec=spec, shape=(n_in,)))
 
 
 # ---------------------------------------------------------------- npz: the user's own data
 
 
 def _npz(arg: str) -> Dataset:
-    """``x_*``: numbers, (N, ...) flattened to (N, D), used as given; ``y_*``: integer
+    """``x_*``: numbers, (N, ...) flattened to (N, D) in C order, used as given, the
+    per-sample shape ``x_train.shape[1:]`` kept as `Dataset.shape` (3-D samples read as
+    channels, height, width); ``y_*``: integer
     labels (N,) make a classification task with max(label) + 1 classes, float targets
     (N,) or (N, K) a regression. Never unpickles (``allow_pickle=False``)."""
     if not arg.strip():
@@ -425,14 +445,18 @@ def _npz(arg: str) -> Dataset:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     xs = []
     for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) == 0:
+        if x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) == 0 or 0 in x.shape:
             raise DataError(f"{path}: {name} is {x.dtype} {x.shape}; expected numbers shaped (N, D), N > 0")
-        x = x.reshape(len(x), -1).astype(np.float32)
-        if not np.isfinite(x).all():
+        flat = x.reshape(len(x), -1).astype(np.float32)
+        if not np.isfinite(flat).all():
             raise DataError(f"{path}: {name} holds NaN or infinite values")
-        xs.append(x)
+        xs.append(flat)
+    shape = x_train.shape[1:]
     if xs[0].shape[1] != xs[1].shape[1]:
         raise DataError(f"{path}: x_train has {xs[0].shape[1]} features per sample, x_test {xs[1].shape[1]}")
+    if x_test.shape[1:] != shape:
+        raise DataError(f"{path}: x_train samples are shaped {shape}, x_test samples {x_test.shape[1:]}",
+                        hint="save both splits with the same per-sample shape")
     if y_train.dtype.kind in "iu" and y_train.ndim == y_test.ndim == 1 and y_test.dtype.kind in "iu":
         low = min(int(y_train.min(initial=0)), int(y_test.min(initial=0)))
         if low < 0:
@@ -448,7 +472,7 @@ def _npz(arg: str) -> Dataset:
         raise DataError(f"{path}: y_train {y_train.dtype} {y_train.shape} / y_test {y_test.dtype} {y_test.shape}: "
                         "expected integer labels (N,) or float targets (N, K)")
     return _frozen(Dataset("npz", xs[0], ys[0], xs[1], ys[1], n_classes=n_classes,
-                           input_size=xs[0].shape[1], output_size=k, spec=f"npz:{path}"))
+                           input_size=xs[0].shape[1], output_size=k, spec=f"npz:{path}", shape=shape))
 
 
 def _frozen(data: Dataset) -> Dataset:

@@ -31,6 +31,7 @@ def _cache(tmp_path_factory, monkeypatch):
 def test_digits_shapes_ranges_and_split_sizes():
     d = load("digits")
     assert (d.name, d.spec, d.n_classes, d.input_size, d.output_size) == ("digits", "digits", 10, 64, 10)
+    assert d.shape == (1, 8, 8) and "64 inputs (1x8x8)" in repr(d)
     assert d.x_train.shape == (1437, 64) and d.x_test.shape == (360, 64)
     assert d.x_train.dtype == d.x_test.dtype == np.float32
     assert d.y_train.dtype == d.y_test.dtype == np.int32
@@ -145,6 +146,7 @@ def test_idx_dataset_round_trip(tmp_path, gz, kind):
     arrays = write_mnist(tmp_path / "d", gz=gz)
     d = load(f"{kind}:{tmp_path / 'd'}")
     assert (d.name, d.n_classes, d.input_size, d.output_size) == (kind, 10, 12, 10)
+    assert d.shape == (1, 4, 3)  # one channel, rows and columns from the IDX header
     assert d.spec == f"{kind}:{tmp_path / 'd'}"
     np.testing.assert_array_equal(d.x_train, arrays["train-images-idx3-ubyte"].reshape(12, 12) / np.float32(255))
     np.testing.assert_array_equal(d.x_test * 255, arrays["t10k-images-idx3-ubyte"].reshape(5, 12))
@@ -251,7 +253,7 @@ def test_mnist_needs_a_directory(tmp_path):
                     reason=f"Fashion-MNIST not installed ({INSTALL})")
 def test_real_fashion_mnist():
     d = load("fashion-mnist")
-    assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
+    assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784) and d.shape == (1, 28, 28)
     assert d.x_train.dtype == np.float32 and 0.0 == d.x_train.min() and d.x_train.max() == 1.0
     np.testing.assert_array_equal(np.bincount(d.y_train), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(d.y_test), np.full(10, 1000))
@@ -265,6 +267,7 @@ def test_real_fashion_mnist():
 def test_synthetic_shapes_and_defaults():
     d = load("synthetic:n=300,test=50")
     assert (d.name, d.n_classes, d.input_size, d.output_size) == ("synthetic", None, 392, 10)
+    assert d.shape == (392,) and load("synthetic:n=5,test=5,in=7").shape == (7,)
     assert d.spec == "synthetic:n=300,test=50,in=392,out=10,hidden=32,seed=0"
     assert d.x_train.shape == (300, 392) and d.y_train.shape == (300, 10) and d.y_test.shape == (50, 10)
     assert d.x_train.dtype == d.y_train.dtype == np.float32
@@ -325,13 +328,27 @@ def test_npz_classification_and_regression(tmp_path):
              x_test=rng.random((4, 2, 3)), y_test=np.array([0, 1, 2, 3]))
     d = load(f"npz:{path}")
     assert (d.name, d.n_classes, d.input_size, d.output_size) == ("npz", 4, 6, 4)
+    assert d.shape == (2, 3)
     assert d.x_train.shape == (8, 6) and d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
     np.testing.assert_array_equal(d.targets(d.y_test), np.eye(4, dtype=np.float32))
     np.savez(path, x_train=rng.random((8, 5)), y_train=rng.random(8),
              x_test=rng.random((4, 5)), y_test=rng.random(4))
     r = load(f"npz:{path}")
     assert r.n_classes is None and r.output_size == 1 and r.y_train.shape == (8, 1)
-    assert r.y_train.dtype == np.float32
+    assert r.y_train.dtype == np.float32 and r.shape == (5,)
+
+
+def test_npz_keeps_the_image_shape_and_flattens_in_c_order(tmp_path):
+    rng = np.random.default_rng(1)
+    x_train, x_test = rng.random((6, 3, 4, 5)), rng.random((2, 3, 4, 5))
+    path = tmp_path / "images.npz"
+    np.savez(path, x_train=x_train, y_train=np.arange(6) % 2, x_test=x_test, y_test=np.array([0, 1]))
+    d = load(f"npz:{path}")
+    assert d.shape == (3, 4, 5) and d.input_size == 60 and d.x_train.shape == (6, 60)
+    c, y, x = 2, 1, 3  # channel-major, then rows, then columns
+    assert d.x_train[4, c * 20 + y * 5 + x] == np.float32(x_train[4, c, y, x])
+    np.testing.assert_array_equal(d.x_test.reshape(2, *d.shape), x_test.astype(np.float32))
+    assert "60 inputs (3x4x5)" in repr(d)
 
 
 def test_npz_never_unpickles(tmp_path):
@@ -353,6 +370,10 @@ def test_npz_never_unpickles(tmp_path):
       "y_test": np.zeros(2, int)}, "2 inputs but 3 targets"),
     ({"x_train": np.zeros((2, 3)), "y_train": np.zeros(2, int), "x_test": np.zeros((2, 4)),
       "y_test": np.zeros(2, int)}, "x_train has 3 features per sample, x_test 4"),
+    ({"x_train": np.zeros((2, 2, 3)), "y_train": np.zeros(2, int), "x_test": np.zeros((2, 3, 2)),
+      "y_test": np.zeros(2, int)}, r"x_train samples are shaped \(2, 3\), x_test samples \(3, 2\)"),
+    ({"x_train": np.zeros((2, 0)), "y_train": np.zeros(2, int), "x_test": np.zeros((2, 0)),
+      "y_test": np.zeros(2, int)}, r"x_train is float64 \(2, 0\)"),
     ({"x_train": np.zeros(2), "y_train": np.zeros(2, int), "x_test": np.zeros((2, 3)),
       "y_test": np.zeros(2, int)}, r"x_train is float64 \(2,\)"),
     ({"x_train": np.full((2, 3), np.nan), "y_train": np.zeros(2, int), "x_test": np.zeros((2, 3)),
@@ -417,3 +438,14 @@ def test_dataset_validates_its_arrays():
     with pytest.raises(DataError, match=r"expected float32 \(N, 2\)"):
         Dataset("t", x, y, x, y, n_classes=None, input_size=2, output_size=2)
     assert "3 train / 3 test" in repr(Dataset("t", x, y, x, y, n_classes=2, input_size=2, output_size=2))
+
+
+def test_dataset_shape_defaults_to_flat_and_must_match_the_input_size():
+    x, y = np.zeros((3, 6), np.float32), np.zeros(3, np.int32)
+    assert Dataset("t", x, y, x, y, n_classes=2, input_size=6, output_size=2).shape == (6,)
+    d = Dataset("t", x, y, x, y, n_classes=2, input_size=6, output_size=2, shape=[1, np.int64(2), 3])
+    assert d.shape == (1, 2, 3) and type(d.shape[1]) is int
+    with pytest.raises(DataError, match=r"samples shaped \(2, 2\) hold 4 values, but input_size is 6"):
+        Dataset("t", x, y, x, y, n_classes=2, input_size=6, output_size=2, shape=(2, 2))
+    with pytest.raises(DataError, match="must be positive integers"):
+        Dataset("t", x, y, x, y, n_classes=2, input_size=6, output_size=2, shape=(6, 1.0))
