@@ -364,7 +364,7 @@ class _CifarRelease:
     download: str                        # the link's name on the CIFAR page
     archive: str
     python_folder: str                   # the pickled release, which is never read
-    python_files: tuple[str, ...]
+    python_files: tuple[str, ...]        # files that, all there without .bin, are that release
 
     @property
     def record_length(self) -> int:
@@ -383,7 +383,7 @@ _CIFAR = {
                              records=10000, test_records=10000, label_bytes=1,
                              download="CIFAR-10 binary version (suitable for C programs)",
                              archive="cifar-10-binary.tar.gz", python_folder="cifar-10-batches-py",
-                             python_files=("data_batch_1", "test_batch")),
+                             python_files=("data_batch_1",)),
     "cifar100": _CifarRelease("cifar100", "cifar-100-binary", ("train.bin",), "test.bin",
                               records=50000, test_records=10000, label_bytes=2,
                               download="CIFAR-100 binary version (suitable for C programs)",
@@ -435,8 +435,10 @@ def _cifar(kind: str, arg: str) -> Dataset:
     for name in (*release.train, release.test):
         path = root / name
         if not path.is_file():
-            inside = "" if root.name == release.folder else f" (nor {root / release.folder})"
-            raise DataError(f"{kind}: {path} not found{inside}", hint=release.hint)
+            if root.name != release.folder and name == release.train[0]:
+                raise DataError(f"{kind}: {root} holds neither the folder {release.folder} nor {name} "
+                                "(not found)", hint=release.hint)
+            raise DataError(f"{kind}: {path} not found", hint=release.hint)
         st = path.stat()
         most = release.test_records if name == release.test else release.records
         _check_size(str(path), st.st_size, release, most)
