@@ -6,11 +6,19 @@
                              /usr/share/datasets/fashion-mnist, from
                              `apt-get install dataset-fashion-mnist`), pixels / 255
     mnist:DIR                the same for MNIST; no copy ships anywhere, so DIR is required
+    cifar10:DIR              CIFAR-10 from its binary release (cifar-10-batches-bin/ or the
+                             folder holding it): 50000 train / 10000 test, 3x32x32, 10 classes
+    cifar100:DIR[,labels=coarse]
+                             CIFAR-100 from its binary release (cifar-100-binary/): 100 fine
+                             classes, or the 20 coarse ones with labels=coarse; both CIFARs:
+                             pixels / 255, then normalised per channel with the training
+                             split's mean and std (kept in `Dataset.normalization`)
     synthetic[:k=v,...]      regression on a fixed random teacher network (see `synthetic`)
     npz:PATH                 your own arrays x_train, y_train, x_test, y_test
 
-Every loader returns a `Dataset` of float32 inputs scaled to [0, 1] (``npz``:
-as given), and every failure (a missing file, a corrupt IDX header, an unknown
+Every loader returns a `Dataset` of flat float32 inputs scaled to [0, 1] (CIFAR:
+normalised per channel; ``npz``: as given) with the per-sample shape in
+`Dataset.shape`, and every failure (a missing file, a corrupt IDX header, an unknown
 option) is a `DataError` whose message names the file and says how to fix it.
 """
 
@@ -44,7 +52,8 @@ _MNIST_HINT = (
     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory and pass "
     "`--data mnist:DIR`; no copy of MNIST ships with circuitlang or Debian"
 )
-_FORMS = "digits, fashion-mnist[:DIR], mnist:DIR, synthetic[:key=value,...], npz:PATH"
+_FORMS = ("digits, fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR[,labels=coarse], "
+          "synthetic[:key=value,...], npz:PATH")
 
 
 class DataError(CircuitError):
@@ -59,14 +68,24 @@ class Dataset:
     """A train/test split, ready for a circuit: one row per sample.
 
     Attributes:
-        name: the kind (``digits``, ``fashion-mnist``, ``mnist``, ``synthetic``, ``npz``).
-        x_train, x_test: float32 ``(N, D)`` inputs, scaled to [0, 1].
+        name: the kind (``digits``, ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``,
+            ``synthetic``, ``npz``).
+        x_train, x_test: float32 ``(N, D)`` inputs, scaled to [0, 1] (CIFAR: then
+            normalised per channel, see `normalization`). Each row is one
+            sample of shape `shape` flattened in C order.
         y_train, y_test: int32 labels ``(N,)`` for classification; float32 ``(N, K)``
             targets for regression.
         n_classes: the number of classes, or None for regression.
         input_size: D.
         output_size: K, the number of output units (``n_classes`` or the target size).
         spec: the canonical spec that rebuilds exactly this dataset, every default spelled out.
+        shape: the shape of one sample in written order, ``prod(shape) == D``:
+            ``(channels, height, width)`` for images (channel-major, then rows, then
+            columns: the order of the CIFAR binary files and of MNIST's pixels), ``(D,)``
+            for flat data. Left empty, it is ``(D,)``.
+        normalization: ``(mean, std)``, one float per channel each, when the inputs were
+            normalised per channel as ``(pixel - mean_c) / std_c`` (pixels in [0, 1]);
+            None when they were not (CIFAR sets it, the other loaders do not).
 
     Arrays returned by `load` are read-only (they may be shared by a cache).
     """
@@ -80,8 +99,25 @@ class Dataset:
     input_size: int
     output_size: int
     spec: str = ""
+    shape: tuple[int, ...] = ()
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
+        where = self.spec or self.name
+        shape = tuple(self.shape) or (self.input_size,)
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise DataError(f"{where}: sample shape {shape} must be positive integers")
+        shape = tuple(int(n) for n in shape)
+        if math.prod(shape) != self.input_size:
+            raise DataError(f"{where}: samples shaped {shape} hold {math.prod(shape)} values, "
+                            f"but input_size is {self.input_size}")
+        object.__setattr__(self, "shape", shape)
+        if self.normalization is not None:
+            mean, std = (tuple(float(v) for v in t) for t in self.normalization)
+            if len(mean) != len(std) or len(mean) != shape[0] or not all(v > 0 for v in std):
+                raise DataError(f"{where}: normalization must be (mean, std) with one value per channel "
+                                f"({shape[0]}) each and positive stds, got {self.normalization}")
+            object.__setattr__(self, "normalization", (mean, std))
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             where = f"{self.spec or self.name}: {split} set"
@@ -114,8 +150,9 @@ class Dataset:
 
     def __repr__(self) -> str:
         task = f"{self.n_classes} classes" if self.n_classes is not None else f"regression to {self.output_size}"
+        inputs = f"{self.input_size} inputs" + (f" ({'x'.join(map(str, self.shape))})" if len(self.shape) > 1 else "")
         return (f"Dataset({self.spec or self.name!r}: {len(self.x_train)} train / {len(self.x_test)} test, "
-                f"{self.input_size} inputs, {task})")
+                f"{inputs}, {task})")
 
 
 def load(spec: str, *, seed: int = 0) -> Dataset:
@@ -135,13 +172,15 @@ def load(spec: str, *, seed: int = 0) -> Dataset:
         return _digits()
     if kind in ("fashion-mnist", "mnist"):
         return _idx_dataset(kind, arg)
+    if kind in _CIFAR:
+        return _cifar(kind, arg)
     if kind == "synthetic":
         return synthetic(**_options(arg, seed))
     if kind == "npz":
         return _npz(arg)
     if spec.strip().endswith(".npz"):
         raise DataError(f"unknown dataset `{spec}`", hint=f"load your own arrays with `--data npz:{spec.strip()}`")
-    known = ["digits", "fashion-mnist", "mnist", "synthetic", "npz"]
+    known = ["digits", "fashion-mnist", "mnist", *_CIFAR, "synthetic", "npz"]
     raise DataError(f"unknown dataset `{spec}`{did_you_mean(kind, known)}", hint=f"datasets: {_FORMS}")
 
 
@@ -160,7 +199,7 @@ def _cache_dir() -> Path | None:
 def _digits() -> Dataset:
     x_train, y_train, x_test, y_test = _digits_arrays(_cache_dir())
     return _frozen(Dataset("digits", x_train / np.float32(16), y_train, x_test / np.float32(16), y_test,
-                           n_classes=10, input_size=64, output_size=10, spec="digits"))
+                           n_classes=10, input_size=64, output_size=10, spec="digits", shape=(1, 8, 8)))
 
 
 def _digits_arrays(cache_dir: Path | None) -> tuple[np.ndarray, ...]:
@@ -296,10 +335,236 @@ def _idx_cached(kind: str, root: str, files: tuple[tuple[str, int, int], ...]) -
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{files[0][0]} and {files[2][0]}: image sizes differ "
                         f"({x_train.shape[1:]} vs {x_test.shape[1:]})")
-    d = x_train.shape[1] * x_train.shape[2]
+    rows, cols = x_train.shape[1:]
+    d = rows * cols
     flat = [(x.reshape(len(x), d).astype(np.float32) / np.float32(255)) for x in (x_train, x_test)]
     return _frozen(Dataset(kind, flat[0], y_train.astype(np.int32), flat[1], y_test.astype(np.int32),
-                           n_classes=10, input_size=d, output_size=10, spec=f"{kind}:{root}"))
+                           n_classes=10, input_size=d, output_size=10, spec=f"{kind}:{root}",
+                           shape=(1, rows, cols)))
+
+
+# ---------------------------------------------------------------- CIFAR-10 and CIFAR-100, binary releases
+
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_CIFAR_PIXELS = 3 * 32 * 32  # 1024 red, 1024 green, 1024 blue bytes, each plane 32x32 row-major
+_CHANNELS = ("red", "green", "blue")
+
+
+@dataclasses.dataclass(frozen=True)
+class _CifarRelease:
+    """Where one binary release lives and how its records are laid out."""
+
+    kind: str
+    folder: str                          # what `tar xzf` makes
+    train: tuple[str, ...]
+    test: str
+    records: int                         # records in each file of the real release (the most we accept)
+    test_records: int
+    label_bytes: int                     # 1 (CIFAR-10) or 2 (CIFAR-100: coarse, then fine)
+    download: str                        # the link's name on the CIFAR page
+    archive: str
+    python_folder: str                   # the pickled release, which is never read
+    python_files: tuple[str, ...]        # files that, all there without .bin, are that release
+
+    @property
+    def record_length(self) -> int:
+        return self.label_bytes + _CIFAR_PIXELS
+
+    @property
+    def hint(self) -> str:
+        return (f"download the \"{self.download}\" ({self.archive}) from {_CIFAR_URL}, unpack it with "
+                f"`tar xzf {self.archive}` and pass `--data {self.kind}:DIR` with DIR the folder "
+                f"{self.folder} or the folder holding it")
+
+
+_CIFAR = {
+    "cifar10": _CifarRelease("cifar10", "cifar-10-batches-bin",
+                             tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin",
+                             records=10000, test_records=10000, label_bytes=1,
+                             download="CIFAR-10 binary version (suitable for C programs)",
+                             archive="cifar-10-binary.tar.gz", python_folder="cifar-10-batches-py",
+                             python_files=("data_batch_1",)),
+    "cifar100": _CifarRelease("cifar100", "cifar-100-binary", ("train.bin",), "test.bin",
+                              records=50000, test_records=10000, label_bytes=2,
+                              download="CIFAR-100 binary version (suitable for C programs)",
+                              archive="cifar-100-binary.tar.gz", python_folder="cifar-100-python",
+                              python_files=("train", "test")),
+}
+_CIFAR_OPTIONS = {"cifar10": {}, "cifar100": {"labels": ("fine", "coarse")}}
+
+
+def _cifar(kind: str, arg: str) -> Dataset:
+    """CIFAR-10 (10 classes) or CIFAR-100 (100 fine or 20 coarse classes) from the
+    binary release: ``cifar10:DIR``, ``cifar100:DIR[,labels=fine|coarse]``.
+
+    DIR is the unpacked folder (``cifar-10-batches-bin``, ``cifar-100-binary``) or the
+    folder holding it. Each file is a run of fixed-length records: CIFAR-10 one label
+    byte (0..9), CIFAR-100 a coarse (0..19) and a fine (0..99) label byte; then 3072
+    pixel bytes, 1024 red, 1024 green and 1024 blue, each plane 32x32 row-major. That
+    byte order is the written order of `Dataset.shape` ``(3, 32, 32)``, so a record's
+    pixels are its input row as they stand.
+
+    Pixels are divided by 255 and then normalised per channel with the mean and the
+    standard deviation (over samples and pixels, ``ddof=0``) of the training split,
+    computed exactly in float64 and applied to both splits; `Dataset.normalization`
+    holds them, in [0, 1] pixel units. The files are read with `numpy.fromfile`, never
+    unpickled, and each is checked against its size before it is read: a whole number
+    of records, at most as many as the real release has.
+
+    Raises:
+        DataError: a bad option, a missing folder or file (with where to download the
+            release), the pickled "python version", a file of the wrong size, or a
+            label out of range; the message names the file.
+    """
+    release = _CIFAR[kind]
+    directory, options = _split_options(kind, arg)
+    labels = options.get("labels", "fine")
+    if not directory:
+        raise DataError(f"`{kind}` needs the directory of the binary release: `--data {kind}:DIR`",
+                        hint=release.hint)
+    given = Path(directory).expanduser()
+    root = given.resolve()
+    if (root / release.folder).is_dir():
+        root = root / release.folder
+    elif not root.is_dir():
+        problem = "is not a directory" if root.exists() else "does not exist"
+        comma = "; options are written after the directory as `key=value`" if "," in directory else ""
+        raise DataError(f"{kind}: directory {given} {problem}{comma}", hint=release.hint)
+    _refuse_python_release(release, root)
+    files = []
+    for name in (*release.train, release.test):
+        path = root / name
+        if not path.is_file():
+            if root.name != release.folder and name == release.train[0]:
+                raise DataError(f"{kind}: {root} holds neither the folder {release.folder} nor {name} "
+                                "(not found)", hint=release.hint)
+            raise DataError(f"{kind}: {path} not found", hint=release.hint)
+        st = path.stat()
+        most = release.test_records if name == release.test else release.records
+        _check_size(str(path), st.st_size, release, most)
+        files.append((str(path), st.st_mtime_ns, st.st_size))
+    spec = f"{kind}:{root}" + (",labels=coarse" if labels == "coarse" else "")
+    return _cifar_cached(kind, labels, spec, tuple(files))
+
+
+def _split_options(kind: str, arg: str) -> tuple[str, dict[str, str]]:
+    """``DIR,key=value,...`` into DIR and the options; trailing ``key=value`` items are
+    options, so a directory may hold commas but not a ``,key=`` of its own."""
+    pieces = arg.split(",")
+    at = len(pieces)
+    while at > 1 and "=" in pieces[at - 1]:
+        at -= 1
+    directory = ",".join(pieces[:at]).strip()
+    known = _CIFAR_OPTIONS[kind]
+    spelled = ", ".join(f"{key}={'|'.join(values)}" for key, values in known.items())
+    usage = f"options: {spelled}" if known else f"`{kind}` takes no options: `--data {kind}:DIR`"
+    options: dict[str, str] = {}
+    for item in (p.strip() for p in pieces[at:]):
+        key, _, value = (s.strip() for s in item.partition("="))
+        if key not in known:
+            raise DataError(f"{kind}: unknown option `{key}`{did_you_mean(key, known)}", hint=usage)
+        if key in options:
+            raise DataError(f"{kind}: option `{key}` is given twice", hint=usage)
+        if value not in known[key]:
+            choices = " or ".join(f"`{v}`" for v in known[key])
+            raise DataError(f"{kind}: `{key}={value}` must be {choices}{did_you_mean(value, known[key])}",
+                            hint=usage)
+        options[key] = value
+    return directory, options
+
+
+def _refuse_python_release(release: _CifarRelease, root: Path) -> None:
+    """The "python version" of CIFAR is pickled; say so instead of "file not found"."""
+    if (root / release.train[0]).is_file():
+        return
+    for where in (root, root / release.python_folder):
+        if all((where / name).is_file() for name in release.python_files) or (
+                where.name == release.python_folder and where.is_dir()):
+            raise DataError(f"{release.kind}: {where} holds the pickled \"python version\" of the data; "
+                            "circuitlang reads only the binary release and never unpickles",
+                            hint=release.hint)
+
+
+def _check_size(path: str, size: int, release: _CifarRelease, most: int) -> None:
+    """Refuse a file from its size alone, before any file is read: it must hold a
+    whole number of records, at least one and at most `most`."""
+    length = release.record_length
+    if size == 0 or size % length or size > most * length:
+        detail = (f"which is not a whole number of {length}-byte records" if size % length or size == 0
+                  else f"{size // length} records, more than the {most} of the real release")
+        raise DataError(f"{path}: {size} bytes, {detail} (each record is {release.label_bytes} label "
+                        f"byte{'s' if release.label_bytes > 1 else ''} and {_CIFAR_PIXELS} pixel bytes)",
+                        hint=f"the file is damaged or not from the binary release; {release.hint}")
+
+
+def _read_records(path: str, size: int, release: _CifarRelease) -> np.ndarray:
+    """The file's `size` bytes (checked by `_check_size`) as uint8 ``(n, record_length)``;
+    never more, should the file have grown since."""
+    try:
+        with open(path, "rb") as f:
+            raw = np.fromfile(f, np.uint8, count=size)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    if raw.size != size:
+        raise DataError(f"{path}: changed while it was read ({raw.size} of {size} bytes)")
+    return raw.reshape(size // release.record_length, release.record_length)
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar_cached(kind: str, labels: str, spec: str, files: tuple[tuple[str, int, int], ...]) -> Dataset:
+    """Parse once per process; the key holds each file's mtime and size, so edits reload."""
+    release = _CIFAR[kind]
+    splits = []
+    for group in (files[:-1], files[-1:]):
+        records = [(path, _read_records(path, size, release)) for path, _, size in group]
+        for path, rec in records:
+            ranges = ((0, 10),) if kind == "cifar10" else ((0, 20), (1, 100))
+            for column, n in ranges:
+                bad = np.flatnonzero(rec[:, column] >= n)
+                if bad.size:
+                    which = "" if kind == "cifar10" else ("coarse " if column == 0 else "fine ")
+                    raise DataError(f"{path}: record {int(bad[0])} has {which}label {int(rec[bad[0], column])}, "
+                                    f"out of range 0..{n - 1}", hint=f"the file is damaged; {release.hint}")
+        joined = np.concatenate([rec for _, rec in records]) if len(records) > 1 else records[0][1]
+        column = 0 if kind == "cifar10" or labels == "coarse" else 1
+        splits.append((joined[:, release.label_bytes:], joined[:, column].astype(np.int32)))
+    (pix_train, y_train), (pix_test, y_test) = splits
+    mean, std = _channel_moments(pix_train)
+    for c, s in enumerate(std):
+        if s == 0:
+            raise DataError(f"{kind}: every {_CHANNELS[c]} pixel of the training images is "
+                            f"{round(mean[c] * 255)}, so per-channel normalisation is undefined",
+                            hint=f"the files are not real CIFAR images; {release.hint}")
+    x_train, x_test = (_normalise(p, mean, std) for p in (pix_train, pix_test))
+    n_classes = 10 if kind == "cifar10" else 20 if labels == "coarse" else 100
+    return _frozen(Dataset(kind, x_train, y_train, x_test, y_test, n_classes=n_classes,
+                           input_size=_CIFAR_PIXELS, output_size=n_classes, spec=spec, shape=(3, 32, 32),
+                           normalization=(tuple(mean), tuple(std))))
+
+
+def _channel_moments(pixels: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (``ddof=0``) of ``pixels / 255``, exact in float64: from
+    the histogram of the 256 byte values, so no float64 copy of the images is made."""
+    values = np.arange(256, dtype=np.float64) / 255
+    planes = pixels.reshape(len(pixels), 3, -1)
+    mean, std = [], []
+    for c in range(3):
+        counts = np.bincount(planes[:, c].ravel(), minlength=256).astype(np.float64)
+        m = float(counts @ values / counts.sum())
+        mean.append(m)
+        std.append(math.sqrt(float(counts @ (values - m) ** 2 / counts.sum())))
+    return mean, std
+
+
+def _normalise(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """``(pixels / 255 - mean_c) / std_c`` in float64, rounded once to float32 (a table of
+    the 256 values per channel)."""
+    planes = pixels.reshape(len(pixels), 3, -1)
+    out = np.empty(planes.shape, np.float32)
+    for c in range(3):
+        table = ((np.arange(256, dtype=np.float64) / 255 - mean[c]) / std[c]).astype(np.float32)
+        out[:, c] = table[planes[:, c]]
+    return out.reshape(len(pixels), -1)
 
 
 # ---------------------------------------------------------------- synthetic
@@ -389,14 +654,16 @@ def synthetic(n_train: int = 10000, n_test: int = 2000, n_in: int = 392, n_out: 
     (x_train, y_train), (x_test, y_test) = sample(train_rng, n_train), sample(test_rng, n_test)
     spec = f"synthetic:n={n_train},test={n_test},in={n_in},out={n_out},hidden={hidden},seed={seed}"
     return _frozen(Dataset("synthetic", x_train, y_train, x_test, y_test,
-                           n_classes=None, input_size=n_in, output_size=n_out, spec=spec))
+                           n_classes=None, input_size=n_in, output_size=n_out, spec=spec, shape=(n_in,)))
 
 
 # ---------------------------------------------------------------- npz: the user's own data
 
 
 def _npz(arg: str) -> Dataset:
-    """``x_*``: numbers, (N, ...) flattened to (N, D), used as given; ``y_*``: integer
+    """``x_*``: numbers, (N, ...) flattened to (N, D) in C order, used as given, the
+    per-sample shape ``x_train.shape[1:]`` kept as `Dataset.shape` (3-D samples read as
+    channels, height, width); ``y_*``: integer
     labels (N,) make a classification task with max(label) + 1 classes, float targets
     (N,) or (N, K) a regression. Never unpickles (``allow_pickle=False``)."""
     if not arg.strip():
@@ -425,14 +692,18 @@ def _npz(arg: str) -> Dataset:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     xs = []
     for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) == 0:
+        if x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) == 0 or 0 in x.shape:
             raise DataError(f"{path}: {name} is {x.dtype} {x.shape}; expected numbers shaped (N, D), N > 0")
-        x = x.reshape(len(x), -1).astype(np.float32)
-        if not np.isfinite(x).all():
+        flat = x.reshape(len(x), -1).astype(np.float32)
+        if not np.isfinite(flat).all():
             raise DataError(f"{path}: {name} holds NaN or infinite values")
-        xs.append(x)
+        xs.append(flat)
+    shape = x_train.shape[1:]
     if xs[0].shape[1] != xs[1].shape[1]:
         raise DataError(f"{path}: x_train has {xs[0].shape[1]} features per sample, x_test {xs[1].shape[1]}")
+    if x_test.shape[1:] != shape:
+        raise DataError(f"{path}: x_train samples are shaped {shape}, x_test samples {x_test.shape[1:]}",
+                        hint="save both splits with the same per-sample shape")
     if y_train.dtype.kind in "iu" and y_train.ndim == y_test.ndim == 1 and y_test.dtype.kind in "iu":
         low = min(int(y_train.min(initial=0)), int(y_test.min(initial=0)))
         if low < 0:
@@ -448,7 +719,7 @@ def _npz(arg: str) -> Dataset:
         raise DataError(f"{path}: y_train {y_train.dtype} {y_train.shape} / y_test {y_test.dtype} {y_test.shape}: "
                         "expected integer labels (N,) or float targets (N, K)")
     return _frozen(Dataset("npz", xs[0], ys[0], xs[1], ys[1], n_classes=n_classes,
-                           input_size=xs[0].shape[1], output_size=k, spec=f"npz:{path}"))
+                           input_size=xs[0].shape[1], output_size=k, spec=f"npz:{path}", shape=shape))
 
 
 def _frozen(data: Dataset) -> Dataset:
