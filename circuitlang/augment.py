@@ -8,7 +8,7 @@
 
 `augment` takes a batch in the back end's channels-last layout ``(B, H, W, C)``;
 a `circuitlang.data.Dataset` row is flat in written order ``(C, H, W)``, and
-`channels_last` / `written_order` convert between the two. Every sample draws
+`circuitlang.layout.from_flat` converts it. Every sample draws
 its own offsets and coin, and each operation draws from its own key,
 ``jax.random.fold_in(key, AUGMENTATIONS.index(op))``, so turning `flip` on does
 not change the crops a key gives.
@@ -27,7 +27,7 @@ from jax import lax
 
 from .errors import CircuitError, Diagnostic, did_you_mean
 
-__all__ = ["AUGMENTATIONS", "augment", "channels_last", "parse_augment", "written_order"]
+__all__ = ["AUGMENTATIONS", "augment", "parse_augment"]
 
 AUGMENTATIONS: tuple[str, ...] = ("crop", "flip")
 _USAGE = f"augmentations: {', '.join(AUGMENTATIONS)}, comma-separated (e.g. `crop,flip`)"
@@ -114,18 +114,3 @@ def _flip(key: jax.Array, x: jax.Array) -> jax.Array:
     """Each sample mirrored along W with probability 1/2, independently."""
     chosen = jax.random.bernoulli(key, 0.5, (x.shape[0],))
     return jnp.where(chosen[:, None, None, None], x[:, :, ::-1, :], x)
-
-
-def channels_last(x: jax.Array, shape: Sequence[int]) -> jax.Array:
-    """Flat rows ``(B, C*H*W)`` in written order (a `Dataset`'s ``x``, `shape` its
-    ``(C, H, W)``) as images ``(B, H, W, C)``."""
-    if len(shape) != 3:
-        raise CircuitError(Diagnostic(f"images need a (channels, height, width) shape, got {tuple(shape)}"))
-    x = jnp.asarray(x)
-    return jnp.transpose(x.reshape(x.shape[0], *shape), (0, 2, 3, 1))
-
-
-def written_order(x: jax.Array) -> jax.Array:
-    """Images ``(B, H, W, C)`` back as flat rows ``(B, C*H*W)`` in written order."""
-    x = jnp.asarray(x)
-    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)

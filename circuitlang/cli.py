@@ -11,8 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .check.base import fmt_bytes
 from .circuit import Circuit, load
 from .errors import CircuitError
+from .layout import describe
+from .ops import OPS
 
 __all__ = ["main"]
 
@@ -59,6 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--devices", type=int, default=1, metavar="N", help="shard each batch over N devices")
     t.add_argument("--estimator", metavar="METHOD", help="override the file's estimator")
+    t.add_argument("--augment", default="", metavar="OPS",
+                   help="random augmentation of image batches: crop (pad 4, random crop), flip; e.g. crop,flip")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     with_settings(t)
 
@@ -154,6 +159,13 @@ def _check(args) -> int:
     return status
 
 
+def _flops(n: int) -> str:
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} FLOP"
+
+
 def summary(circ: Circuit) -> str:
     """A one-screen description of a checked circuit."""
     spec = circ.spec
@@ -168,10 +180,10 @@ def summary(circ: Circuit) -> str:
         if pop.activation != default:
             extra.append(f"rho={pop.activation}")
         if pop.bias:
-            extra.append("bias")
+            extra.append("bias" if len(pop.shape) == 1 else f"bias per {pop.bias_per}")
         if pop.cell_type:
             extra.append("compartments " + ",".join(pop.compartments))
-        lines.append(f"    {pop.name}{kind} [{pop.size}]  " + "  ".join(extra))
+        lines.append(f"    {pop.name}{kind} {describe(pop.shape)}  " + "  ".join(extra))
     lines.append("  connections:")
     arrows = {"undirected": "--", "directed": "->", "one_to_one": "=>"}
     for e in circ.connections:
@@ -180,15 +192,26 @@ def summary(circ: Circuit) -> str:
         flags = []
         if e.plasticity == "tied":
             flags.append(f"= {'transpose(' + e.tied_to + ')' if e.transposed else e.tied_to}")
-        elif e.plasticity == "fixed":
+        elif e.plasticity == "fixed" and e.weight is not None:
             flags.append("fixed")
         if e.sign < 0:
             flags.append("inhibitory")
         name = f" : {e.weight}" if e.weight else ""
-        shape = f"  {e.shape[0]}×{e.shape[1]}" if e.kind != "one_to_one" else ""
+        dense = [s.kind for s in e.stages] == ["dense"] and all(
+            len(circ.populations[n].shape) == 1 for n in (e.pre, e.post))
+        if dense:
+            shape = f"  {e.shape[0]}×{e.shape[1]}" if e.plasticity != "tied" else ""
+        else:
+            ops = " → ".join(OPS[s.kind].label(s.kw) for s in e.stages)
+            ends = f"{describe(circ.populations[e.pre].shape)} → {describe(circ.populations[e.post].shape)}"
+            array = f", {'×'.join(map(str, e.shape))}" if e.shape and e.plasticity != "tied" else ""
+            shape = f"  {ops}  ({ends}{array})" if e.kind != "one_to_one" or e.weight else ""
         lines.append(f"    {pre} {arrows[e.kind]} {target}{name}{shape}  {' '.join(flags)}".rstrip())
     count = circ.parameter_count()
-    lines.append(f"  parameters: {count:,}")
+    lines.append(f"  parameters: {count:,} ({fmt_bytes(4 * count)} in float32)")
+    flops = sum(e.flops for e in circ.connections)
+    state = sum(p.size for p in circ.populations.values())
+    lines.append(f"  per example: {state:,} neuron states, {_flops(flops)} of connections per step")
     if spec.energy is not None:
         what = ", ".join(spec.energy.presets + tuple("custom term" for _ in spec.energy.terms))
         lines.append(f"  dynamics: gradient flow on the energy ({what})")
@@ -256,7 +279,7 @@ def _train(args) -> int:
     out = args.out or f"runs/{model.spec.name}"
     result = train(
         model, data, args.epochs, seed=args.seed, out=out, resume=args.resume, devices=args.devices,
-        method=args.estimator, progress=not args.no_progress, data_spec=args.data,
+        method=args.estimator, progress=not args.no_progress, data_spec=args.data, augment=args.augment,
     )
     last = result.history[-1] if result.history else {}
     parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy") if k in last]
@@ -351,15 +374,18 @@ def _compile(args) -> int:
     model = _model(args)
     batch = args.batch or (model.learning.batch if model.learning else 1)
     params = model.init(jax.random.key(0))
-    x = {n: jnp.zeros((batch, model.fns.pops[n].size)) for n in model.inputs}
+    x = {n: jnp.zeros((batch, *model.shape_of(n))) for n in model.inputs}
     out_pop = model.spec.costs[0].population if model.spec.costs else None
     y = jnp.zeros((batch, model.fns.pops[out_pop].size)) if out_pop else None
     if args.fn == "relax":
-        fn, fargs = (lambda p, x: model._relax(p, x)), (params, x)
+        fn, fargs = (lambda p, x: model._free(p, x).state), (params, x)
     else:
         if y is None:
             raise _Usage("circuitc: error: --fn estimate needs a cost; use --fn relax")
-        fn, fargs = (lambda p, x, y, k: model._estimate(p, x, y, None, None, k)), (params, x, y, jax.random.key(0))
+        from . import learning
+
+        fn = lambda p, x, y, k: learning.estimate(model, p, x, y, model.method, None, k)  # noqa: E731
+        fargs = (params, x, y, jax.random.key(0))
     if args.emit == "jaxpr":
         text = str(jax.make_jaxpr(fn)(*fargs))
     else:

@@ -19,6 +19,8 @@ import graphviz
 
 from .circuit import Circuit
 from .graph import ConnectionEdge, PopulationNode
+from .layout import describe
+from .ops import OPS
 
 __all__ = ["to_dot", "render", "EDGE_STYLES"]
 
@@ -63,13 +65,18 @@ def _edge_attrs(e: ConnectionEdge) -> dict[str, str]:
 
 
 def _edge_label(e: ConnectionEdge) -> str:
+    """The weight's name, and its operators when they are not a plain dense map or 1:1."""
     if e.plasticity == "tied":
         tied = e.tied_to + (_SUPERSCRIPT_T if e.transposed else "")
         return f"{e.weight} = {tied}"
     if e.kind == "one_to_one":
         gain = f" ×{e.gain:g}" if e.gain != 1 else ""
         return (e.weight or "1:1") + gain
-    return e.weight or ""
+    kinds = [s.kind for s in e.stages]
+    if kinds == ["dense"]:
+        return e.weight or ""
+    ops = " → ".join(OPS[s.kind].label(s.kw) for s in e.stages)
+    return f"{e.weight}: {ops}" if e.weight else ops
 
 
 def _is_top(compartment: str) -> bool:
@@ -82,7 +89,7 @@ def _population_label(pop: PopulationNode, default_activation: str) -> str:
     title = f"<B>{esc(pop.name)}</B>"
     if pop.cell_type:
         title += f" : <I>{esc(pop.cell_type)}</I>"
-    title += f"  [{pop.size}]"
+    title += f"  {describe(pop.shape)}"
     notes = []
     if pop.role != "hidden":
         notes.append(pop.role)

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 
 import optax
 
+from . import primitives as P
 from .graph import OptimizerSpec
 
-__all__ = ["make_optimizer", "DEFAULT_LR", "RULES_LR"]
+__all__ = ["make_optimizer", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
 
 DEFAULT_LR = 0.01
 RULES_LR = 1.0  # `learn rules`: the rules' own constants set the step; SGD applies them as written
@@ -38,21 +39,25 @@ def _schedule(spec: OptimizerSpec | None, lr: float, total_steps: int):
     return lr
 
 
-def _one(spec: OptimizerSpec | None, lr: float, total_steps: int) -> optax.GradientTransformation:
-    name = spec.name if spec else "sgd"
-    settings = dict(spec.settings) if spec else {}
-    rate = _schedule(spec, lr, total_steps)
-    decay = settings.get("weight_decay", 0.0)
-    if name == "adam":
-        kw = {k: settings[k] for k in ("b1", "b2", "eps") if k in settings}
-        if decay:
-            return optax.adamw(rate, weight_decay=decay, **kw)
-        return optax.adam(rate, **kw)
+def sgd(rate, settings: Mapping[str, object]) -> optax.GradientTransformation:
+    """`OPTIMIZERS["sgd"]`: optax SGD, heavy-ball or Nesterov momentum, decoupled weight decay."""
     momentum = settings.get("momentum") or None
-    sgd = optax.sgd(rate, momentum=momentum, nesterov=bool(settings.get("nesterov", False)))
-    if decay:
-        return optax.chain(optax.add_decayed_weights(decay), sgd)
-    return sgd
+    out = optax.sgd(rate, momentum=momentum, nesterov=bool(settings.get("nesterov", False)))
+    decay = settings.get("weight_decay", 0.0)
+    return optax.chain(optax.add_decayed_weights(decay), out) if decay else out
+
+
+def adam(rate, settings: Mapping[str, object]) -> optax.GradientTransformation:
+    """`OPTIMIZERS["adam"]`: optax Adam, AdamW with `weight_decay`."""
+    kw = {k: settings[k] for k in ("b1", "b2", "eps") if k in settings}
+    decay = settings.get("weight_decay", 0.0)
+    return optax.adamw(rate, weight_decay=decay, **kw) if decay else optax.adam(rate, **kw)
+
+
+def _one(spec: OptimizerSpec | None, lr: float, total_steps: int) -> optax.GradientTransformation:
+    name = spec.name if spec else "sgd"  # no optimizer block: plain SGD (documented in the README)
+    settings = dict(spec.settings) if spec else {}
+    return P.OPTIMIZERS[name].load()(_schedule(spec, lr, total_steps), settings)
 
 
 def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],

@@ -1,6 +1,7 @@
 """`circuitc simulate`: run the phases on a few samples and keep every step.
 
-Writes ``traces.npz`` (``PHASE/POP``: steps × samples × neurons, and
+Writes ``traces.npz`` (``PHASE/POP``: steps × samples × neurons — × the
+population's shape as written, (C, H, W), for a shaped one — and
 ``PHASE/energy``: steps × samples) and ``traces.png`` (the recorded states
 and the energy over time, one column per phase), and reports per phase
 whether the state converged (largest change in the last step).
@@ -62,8 +63,10 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
             free_end = last
         delta = max(float(jnp.max(jnp.abs(states[n][-1] - states[n][-2]))) for n in model.free) if len(energy) > 1 else 0.0
         tol = phase.tol or CONVERGED
+        written = model.to_written({n: states[n] for n in record if n in states}, lead=2)
+        clamped = model.to_written({n: xs[n] for n in record if n not in states})
         results[phase.name] = {
-            "states": {n: np.asarray(states[n]) if n in states else np.asarray(xs[n]) for n in record},
+            "states": {n: np.asarray(written[n]) if n in written else np.asarray(clamped[n]) for n in record},
             "energy": np.asarray(energy),
             "delta": delta,
             "converged": bool(phase.forward or delta < tol),
@@ -104,8 +107,8 @@ def _write(results, out: Path, energy: bool = True) -> None:
         for i, n in enumerate(pops):
             ax = axes[i][j]
             v = r["states"][n]
-            if v.ndim == 3:  # steps × samples × neurons: sample 0, first 12 neurons
-                ax.plot(v[:, 0, :12], lw=1)
+            if v.ndim >= 3:  # steps × samples × neurons (× ...): sample 0, first 12 neurons
+                ax.plot(v.reshape(v.shape[0], v.shape[1], -1)[:, 0, :12], lw=1)
             ax.set_title(f"{phase}: {n} (sample 0)", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
         if not energy:

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import time
@@ -41,6 +42,7 @@ import optax
 from jax import lax
 
 from . import __version__, learning
+from .layout import describe
 from .errors import CircuitError
 from .model import Model
 from .optim import DEFAULT_LR, RULES_LR, make_optimizer
@@ -106,11 +108,13 @@ def _targets(data, y):
     return data.targets(y).astype(np.float32)
 
 
-def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bool, shard: Callable):
+def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bool, shard: Callable,
+                augment: tuple[str, ...] = ()):
     """The jitted epoch: (params, opt_state, key, X, Y, labels, P) -> (..., loss, accuracy, P).
 
-    `P` holds each training example's last free state (persistent particles)
-    or is empty.
+    `X` is in the compiled layout (batch, H, W, C for images). `P` holds each
+    training example's last free state (persistent particles) or is empty.
+    `augment` names random augmentations applied to each batch (`augment.py`).
     """
     nb = n // batch
 
@@ -122,9 +126,15 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
         def body(carry, inp):
             params, opt_state, P = carry
             i, k = inp
-            x = shard(X[i])
+            x = X[i]
+            if augment:
+                from .augment import augment as apply_augment
+
+                k, ka = jax.random.split(k)
+                x = apply_augment(ka, x, augment)
+            x = shard(x)
             y = shard(Y[i])
-            xs = model.as_inputs(x)
+            xs = model.as_inputs(x, "compiled")
             s0 = {p: shard(v[i]) for p, v in P.items()} if P else None
             g, free = learning.estimate_with_state(model, params, xs, y, method, None, k, s0)
             updates, opt_state = opt.update(g, opt_state, params)
@@ -157,7 +167,7 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
 
         def body(carry, i):
             params, opt_state, S = carry
-            xs = model.as_inputs(shard(X[i]))
+            xs = model.as_inputs(shard(X[i]), "compiled")
             y = shard(Y[i])
             res, params, opt_state = model.rules.run(phase, params, xs, S, beta, y, stream=True,
                                                      opt=opt, opt_state=opt_state)
@@ -179,7 +189,7 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool):
     full = n // chunk
 
     def part(params, X, Y, labels, P):
-        free = model._free(params, model.as_inputs(X), P or None).state
+        free = model._free(params, model.as_inputs(X, "compiled"), P or None).state
         out = model.fns.readout(free)
         fs = {p: free[p] for p in model.state_keys}
         loss = model.fns.cost(fs, Y)
@@ -192,7 +202,7 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool):
             return part(params, sl(X), sl(Y), sl(labels), {p: sl(v) for p, v in P.items()})
 
         loss, correct, newP = lax.map(one, jnp.arange(full))
-        newP = {p: v.reshape(full * chunk, -1) for p, v in newP.items()}
+        newP = {p: v.reshape((full * chunk, *v.shape[2:])) for p, v in newP.items()}
         loss, correct = jnp.sum(loss), jnp.sum(correct)
         if n > full * chunk:
             rest = slice(full * chunk, None)
@@ -208,7 +218,7 @@ def _particles(model: Model, n: int, dtype) -> dict[str, Any]:
     """Zero initial states for persistent particles (empty when the file does not ask for them)."""
     if not (model.learning and model.learning.persistent):
         return {}
-    return {p: jnp.zeros((n, model.size_of(p)), dtype) for p in model.state_keys}
+    return {p: jnp.zeros((n, *model.shape_of(p)), dtype) for p in model.state_keys}
 
 
 def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000) -> dict[str, float]:
@@ -217,8 +227,9 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     y = getattr(data, f"y_{split}")
     classify = data.n_classes is not None
     labels = y if classify else np.zeros(len(X), np.int32)
+    _check_sizes(model, data)
     fn = _make_eval(model, len(X), chunk, classify)
-    loss, acc, _ = fn(params, jnp.asarray(X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
+    loss, acc, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
     out = {"loss": float(loss)}
     if classify:
         out["accuracy"] = float(acc)
@@ -244,17 +255,25 @@ def _sharding(devices: int):
 # -------------------------------------------------------------------- driver --
 def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: str | Path | None = None,
           resume: bool = False, devices: int = 1, method: str | None = None, progress: bool = True,
-          data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None,
+          augment: tuple[str, ...] | str = ()) -> TrainResult:
     """Train `model` on `data` (a `circuitlang.data.Dataset`).
 
     Returns the final parameters and the per-epoch metrics. See the module
-    docstring for what is written under `out`.
+    docstring for what is written under `out`. `augment` ("crop,flip" or a tuple)
+    randomly augments each training batch of images, inside the jitted epoch.
     """
     learn = model.learning
     if learn is None:
         raise CircuitError("this circuit has no `learn` block, so it cannot be trained")
     method = method or model.method
-    learning.check_method(model, method)
+    if method != model.method:
+        model.check_estimator(method)
+    if isinstance(augment, str):
+        from .augment import parse_augment
+
+        augment = parse_augment(augment)
+    augment = tuple(augment)
     epochs = epochs if epochs is not None else (learn.epochs or 10)
     batch = learn.batch
     n = len(data.x_train)
@@ -263,6 +282,11 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     if batch % max(devices, 1):
         raise CircuitError(f"batch {batch} does not split evenly over {devices} devices")
     _check_sizes(model, data)
+    if augment and len(model.fns.pops[model.inputs[0]].shape) != 3:
+        raise CircuitError(
+            f"--augment {','.join(augment)} shifts and flips images, but the input `{model.inputs[0]}` is "
+            f"{describe(model.fns.pops[model.inputs[0]].shape)}; give it a shape [C, H, W] or drop --augment"
+        )
     classify = data.n_classes is not None
     nb = n // batch
     stream = model.streaming is not None and method == "rules"
@@ -272,13 +296,13 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     if stream:
         epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
-        epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices))
+        epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment)
     eval_fn = _make_eval(model, len(data.x_test), 1000, classify) if len(data.x_test) else None
 
-    X = jnp.asarray(data.x_train)
+    X = _inputs(model, data.x_train)
     Y = jnp.asarray(_targets(data, data.y_train))
     L = jnp.asarray(data.y_train if classify else np.zeros(n, np.int32))
-    Xt = jnp.asarray(data.x_test)
+    Xt = _inputs(model, data.x_test)
     Yt = jnp.asarray(_targets(data, data.y_test))
     Lt = jnp.asarray(data.y_test if classify else np.zeros(len(data.x_test), np.int32))
 
@@ -286,7 +310,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     params = model.init(jax.random.fold_in(jax.random.key(seed), 10**6), dtype)
     opt_state = opt.init(params)
     if stream:  # the streams' state, carried from sample to sample
-        P = {p: jnp.zeros((batch, model.size_of(p)), dtype) for p in model.state_keys}
+        P = {p: jnp.zeros((batch, *model.shape_of(p)), dtype) for p in model.state_keys}
         Pt = {}
     else:
         P = _particles(model, n, dtype)
@@ -294,7 +318,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     history: list[dict[str, float]] = []
     start = 0
     out_dir = Path(out) if out is not None else None
-    manifest = _manifest(model, data, data_spec, seed, method, epochs, devices)
+    manifest = _manifest(model, data, data_spec, seed, method, epochs, devices, augment)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".*.tmp*"):  # left by a run killed while writing
@@ -327,7 +351,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             row["eval_seconds"] = time.perf_counter() - t1
         if not np.isfinite(loss):
             # name the population whose state blew up, with its line, when the relaxation shows it
-            model.relax_result(params, X[:batch], None)
+            model.relax_result(params, X[:batch], None, layout="compiled")
             raise CircuitError(
                 f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
             )
@@ -345,18 +369,35 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
 
 
 def _check_sizes(model: Model, data) -> None:
+    """The data fit the circuit: the input's shape (or, for flat data, its size), and the targets."""
     (inp,) = model.inputs[:1] or ("",)
     pops = model.fns.pops
-    if len(model.inputs) == 1 and pops[inp].size != data.input_size:
-        raise CircuitError(
-            f"the data `{data.name}` has {data.input_size} inputs but population `{inp}` has {pops[inp].size}; "
-            f"resize it (`population {inp} [{data.input_size}] input`) or pick other data"
-        )
+    if len(model.inputs) == 1:
+        shape = pops[inp].shape
+        given = tuple(getattr(data, "shape", ()) or (data.input_size,))
+        size = pops[inp].size
+        # a vector input takes any data of its size (images flattened in written order);
+        # a shaped one takes images of its shape, or flat data of its size
+        fits = given == tuple(shape) or (math.prod(given) == size and (len(shape) == 1 or len(given) == 1))
+        if not fits:
+            what = f"images {describe(given)} (channels, height, width)" if len(given) > 1 else f"{given[0]} inputs"
+            if math.prod(given) == pops[inp].size:
+                fix = f"give it the data's shape (`population {inp} {describe(given)} input`)"
+            else:
+                fix = f"resize it (`population {inp} {describe(given)} input`) or pick other data"
+            raise CircuitError(
+                f"the data `{data.name}` has {what} but population `{inp}` is {describe(shape)}; {fix}"
+            )
     out = model.spec.costs[0].population if model.spec.costs else None
     if out is not None and pops[out].size != data.output_size:
         raise CircuitError(
             f"the data `{data.name}` has {data.output_size} targets but the output `{out}` has {pops[out].size} neurons"
         )
+
+
+def _inputs(model: Model, X) -> Any:
+    """Data rows (flat, written order) in the compiled layout of the input population."""
+    return model.to_compiled(model.inputs[0], jnp.asarray(X))
 
 
 def _progress(it, enabled: bool, initial: int, total: int):
@@ -401,8 +442,8 @@ def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True)
 
 def _restore(out: Path, params, opt_state, P, Pt, manifest):
     old = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    for key in ("file_sha256", "settings", "seed", "data", "method"):
-        if old.get(key) != manifest.get(key):
+    for key in ("file_sha256", "settings", "seed", "data", "method", "augment"):
+        if old.get(key, [] if key == "augment" else None) != manifest.get(key):
             raise CircuitError(
                 f"--resume: {out} was trained with a different {key.replace('_', ' ')}; "
                 "resume with the same file and settings, or use another --out"
@@ -445,7 +486,7 @@ def _plot(out: Path, history) -> None:
     _atomic_write(out / "curves.png", buf.getvalue())
 
 
-def _manifest(model: Model, data, data_spec, seed, method, epochs, devices) -> dict:
+def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augment=()) -> dict:
     circ = model.circuit
     learn = model.learning
     settings = {
@@ -473,6 +514,7 @@ def _manifest(model: Model, data, data_spec, seed, method, epochs, devices) -> d
         "data": getattr(data, "spec", None) or data_spec or data.name,
         "epochs": epochs,
         "devices": devices,
+        "augment": list(augment),
         "versions": {
             "circuitlang": __version__,
             "jax": jax.__version__,

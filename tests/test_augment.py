@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from circuitlang.augment import AUGMENTATIONS, augment, channels_last, parse_augment, written_order
+from circuitlang.augment import AUGMENTATIONS, augment, parse_augment
 from circuitlang.errors import CircuitError
 
 
@@ -149,18 +149,6 @@ def test_works_under_jit_and_vmaps_no_python_loop():
 def test_bad_arguments_are_circuit_errors(call, expected):
     with pytest.raises(CircuitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         call(jnp.asarray(images()))
-
-
-def test_layout_conversion_round_trips_with_the_written_order():
-    rng = np.random.default_rng(0)
-    flat = rng.random((4, 3 * 5 * 6)).astype(np.float32)  # rows of a Dataset with shape (3, 5, 6)
-    img = np.asarray(channels_last(jnp.asarray(flat), (3, 5, 6)))
-    assert img.shape == (4, 5, 6, 3)
-    b, c, y, x = 2, 1, 4, 3
-    assert img[b, y, x, c] == flat[b, c * 30 + y * 6 + x]
-    np.testing.assert_array_equal(np.asarray(written_order(jnp.asarray(img))), flat)
-    with pytest.raises(CircuitError, match="channels, height, width"):
-        channels_last(jnp.asarray(flat), (90,))
 
 
 def test_importing_circuitlang_does_not_import_jax():
