@@ -233,7 +233,7 @@ def gradient(model, params, x, y, beta, key, s0):
         return flat(_residual(model, params, xb, unflat(v[None])))[0]
 
     U = flat(u)
-    J = jax.vmap(jax.jacfwd(resid_one))(U, x)  # (B, n, n)
+    J = jax.vmap(jax.jacrev(resid_one))(U, x)  # (B, n, n); reverse mode: operators may define only VJPs
     dC = flat(jax.grad(lambda s: fns.cost(s, y))(u))
     lam = jnp.linalg.solve(jnp.swapaxes(J, -1, -2), dC[..., None])[..., 0]
     lam_d = unflat(lam)

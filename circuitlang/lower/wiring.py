@@ -5,9 +5,9 @@ and local rules all read connections through a `Wiring`:
 
 * `drive(e, params, rates)`: what connection `e` delivers into its post
   population, ``sign · gain · stages(W, ρ(pre))`` (`ops/`); for a tied
-  ``B = transpose(K)`` the adjoint of K's stages, derived by JAX
-  (`jax.linear_transpose` for a linear chain, a VJP at the current state of
-  the population the chain reads for max-pooling);
+  ``B = transpose(K)`` the adjoint of K's stages, derived by JAX as a VJP
+  (at zero for a linear chain, whose VJP is its transpose everywhere; at the
+  current state of the population the chain reads for max-pooling);
 * `back(e, params, rates, ct)`: the adjoint of that drive, carrying a
   cotangent at the post population back to the pre one (a VJP: never written
   per operator);
@@ -84,11 +84,8 @@ class Wiring:
     def _adjoint(self, e: ConnectionEdge, w, ct, at):
         """The chain run backwards: the transpose of its linear map (at `at`, the
         state the chain reads, when it is not linear)."""
-        if self.linear[id(e)]:
-            primal = jax.ShapeDtypeStruct(at.shape, jnp.result_type(ct))
-            (out,) = jax.linear_transpose(lambda v: self._forward(e, w, v), primal)(ct)
-            return out
-        _, vjp = jax.vjp(lambda v: self._forward(e, w, v), at.astype(jnp.result_type(ct)))
+        point = jnp.zeros(at.shape, jnp.result_type(ct)) if self.linear[id(e)] else at.astype(jnp.result_type(ct))
+        _, vjp = jax.vjp(lambda v: self._forward(e, w, v), point)
         return vjp(ct)[0]
 
     def reads(self, e: ConnectionEdge) -> set[str]:
@@ -115,9 +112,9 @@ class Wiring:
         """For a linear drive: its transpose applied to `ct` (at `e.post`), at `e.pre`;
         no state is needed, so clamped populations' drives can be hoisted with it."""
         shape = (ct.shape[0], *internal(self.pops[e.pre].shape))
-        primal = jax.ShapeDtypeStruct(shape, jnp.result_type(ct))
-        (out,) = jax.linear_transpose(lambda r: self.drive(e, params, {e.pre: r, e.post: ct}), primal)(ct)
-        return out
+        point = jnp.zeros(shape, jnp.result_type(ct))  # linear: any point gives the same VJP
+        _, vjp = jax.vjp(lambda r: self.drive(e, params, {e.pre: r, e.post: ct}), point)
+        return vjp(ct)[0]
 
     def pair(self, e: ConnectionEdge, params, rates: Mapping[str, Array]) -> Array:
         """⟨ρ(post), drive⟩ summed over the batch: the coupling's term in an energy."""

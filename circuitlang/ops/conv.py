@@ -40,6 +40,45 @@ def _pad(a) -> int:
     return (a["kernel"] - 1) // 2 if p == "same" else int(p)
 
 
+def _conv(a, spatial):
+    """The convolution as a JAX function of (v, w) whose reverse-mode derivative with
+    respect to v is `lax.conv_transpose(..., transpose_kernel=True)`: JAX's own
+    transposed convolution, the adjoint the automatic rule computes too (they agree
+    bit for bit, `tests/test_ops.py`). The automatic rule hands XLA the kernel as
+    (k, k, C_out, C_in), which XLA:CPU convolves about 4× slower than the
+    (k, k, C_in, C_out) layout `conv_transpose` produces (measured here: 102 vs 26 ms
+    for 20 steps of a 5×5, 32→64-channel, 14×14 layer at batch 64). The kernel's
+    cotangent is JAX's automatic one. (A `custom_vjp` has no forward-mode
+    derivative: the lowering differentiates in reverse mode only.)
+    """
+    import jax
+    from jax import lax
+
+    k, s, p = a["kernel"], a["stride"], _pad(a)
+    rank = len(spatial)
+    dims = _dims(rank)
+    back = [(k - 1 - p, k - 1 - p + (n + 2 * p - k) % s) for n in spatial]
+
+    def forward(v, w):
+        return lax.conv_general_dilated(v, w, (s,) * rank, [(p, p)] * rank, dimension_numbers=dims)
+
+    @jax.custom_vjp
+    def conv(v, w):
+        return forward(v, w)
+
+    def fwd(v, w):
+        return forward(v, w), (v, w)
+
+    def bwd(res, ct):
+        v, w = res
+        dv = lax.conv_transpose(ct, w, (s,) * rank, back, dimension_numbers=dims, transpose_kernel=True)
+        _, kernel_vjp = jax.vjp(lambda kernel: forward(v, kernel), w)
+        return dv, kernel_vjp(ct)[0]
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
 class Conv(OpKind):
     name = "conv"
     doc = "convolution (cross-correlation) with a k×k kernel shared across positions"
@@ -97,14 +136,7 @@ class Conv(OpKind):
 
     # ------------------------------------------------------------------ JAX --
     def apply(self, st, w, v):
-        from jax import lax
-
-        a = st.kw
-        rank = v.ndim - 2
-        p = _pad(a)
-        return lax.conv_general_dilated(
-            v, w, (a["stride"],) * rank, [(p, p)] * rank, dimension_numbers=_dims(rank),
-        )
+        return _conv(st.kw, v.shape[1:-1])(v, w)
 
     # ---------------------------------------------------------------- NumPy --
     def _patches(self, a, v):
