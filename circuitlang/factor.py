@@ -183,7 +183,13 @@ def _sides(expr, ctx: _Context) -> set[str]:
             sides.add(ctx.side_of_member(node))
         elif isinstance(node, S.Var) and (node.name in ctx.weights or node.name == ctx.placeholder):
             name = ctx.target if node.name == ctx.placeholder else node.name
-            if ctx.kind == "bias" or ctx.weights[name].shape != ctx.weights.get(ctx.target, ctx.weights[name]).shape:
+            shape = ctx.weights[name].value_shape
+            if shape is None:
+                raise NotFactorable(Diagnostic(
+                    f"`{node.name}` is a tied transpose of an operator that is not a matrix: "
+                    "it has no array of its own to multiply a rule by",
+                    node.span, f"use `{ctx.weights[name].tied_to}`"))
+            if ctx.kind == "bias" or shape != ctx.weights.get(ctx.target, ctx.weights[name]).shape:
                 raise NotFactorable(Diagnostic(
                     f"`{node.name}` has a different shape from `{ctx.target}`, the weight this rule updates",
                     node.span,

@@ -149,6 +149,17 @@ class ConnectionEdge:
     flops: int = 0  # of one forward pass, per example
 
     @property
+    def value_shape(self) -> tuple[int, ...] | None:
+        """The shape of the array rules and energy terms see under this weight's name: its
+        own; for a tied `transpose(W)` of a dense W, Wᵀ; None for the tied transpose of
+        another operator (it has no array of its own)."""
+        if self.tied_to is None or not self.transposed:
+            return tuple(self.shape)
+        if [s.kind for s in self.stages] == ["dense"]:
+            return tuple(self.shape[::-1])
+        return None
+
+    @property
     def weighted_stage(self) -> "Stage | None":
         from .ops import OPS
 

@@ -15,9 +15,17 @@ from .. import syntax as S
 from ..errors import did_you_mean
 from ..expr import Scope, check_expr
 from ..graph import CostSpec, DynamicsSpec, EnergySpec, EnergyTermSpec
+from ..layout import describe
 from .base import BuilderBase
+from .terms import BATCH, Shape, term_problem
 
-DERIVED_MEMBERS = ("error", "target")  # `h.error` = s - mu (predictive); `y.target`
+
+def _weight_shape(e, pops) -> tuple | None:
+    """A weight's value in an energy term: its matrix (a tied `transpose` of a dense one:
+    the transposed matrix), or its operator; None for the tie of a non-matrix operator."""
+    if [s.kind for s in e.stages] == ["dense"] or e.value_shape is None:
+        return e.value_shape
+    return Shape(("op", pops[e.post].size, pops[e.pre].size))
 
 
 class DynamicsMixin(BuilderBase):
@@ -50,7 +58,7 @@ class DynamicsMixin(BuilderBase):
             over = ""
             names = self.param_names()
             names.update({w: "weight" for w in weights})
-            members = self._members
+            members = lambda obj: ("s",) if obj in self.pops else None  # noqa: E731
             objects: tuple[str, ...] = ()
             if t.targets:
                 kinds = {x.name: ("weight" if x.name in weights else "population" if x.name in self.pops else "") for x in t.targets}
@@ -70,18 +78,52 @@ class DynamicsMixin(BuilderBase):
                     objects = ("pre", "post")
                 elif over == "populations":
                     objects = ("self",)
-                if objects:  # `pre.s`, `post.error`, `self.target` of whatever the term is for
-                    members = lambda obj, own=objects: ("s", *DERIVED_MEMBERS) if obj in own else self._members(obj)  # noqa: E731
+                if objects:  # `pre.s`, `post.s`, `self.s` of whatever the term is for
+                    members = lambda obj, own=objects: ("s",) if obj in own or obj in self.pops else None  # noqa: E731
             scope = Scope(
                 "an energy term", names, self.fn_arities(), members, matrices=True,
                 hint="an energy term may use params, weights and population values like `h.s`",
                 objects=(*objects, *self.pops),
             )
+            before = len(self.errors)
             check_expr(t.expr, scope, self.errors)
-            terms.append(EnergyTermSpec(tuple(x.name for x in t.targets), over, t.expr, t.span))
+            spec = EnergyTermSpec(tuple(x.name for x in t.targets), over, t.expr, t.span)
+            if len(self.errors) == before:
+                self._term_shapes(spec, weights)
+            terms.append(spec)
         if not presets and not terms and not self.unknown_dynamics:
             self.error("the energy block is empty", d.span, "name a preset (`hopfield`, `predictive`) or add `term ...`")
         return EnergySpec(tuple(presets), tuple(terms), d.span)
+
+    def _term_shapes(self, term: EnergyTermSpec, weights) -> None:
+        """Report the first shape error of a custom term (see `check/terms.py`)."""
+        base: dict[str, tuple] = {f"{n}.s": (BATCH, p.size) for n, p in self.pops.items()}
+        for w, e in weights.items():
+            value = _weight_shape(e, self.pops)
+            if value is None:
+                if any(isinstance(n, S.Var) and n.name == w for n in S.walk(term.expr)):
+                    self.error(f"`{w}` is a tied `transpose({e.tied_to})` of an operator that is not a matrix, "
+                               "so it has no array of its own in an energy term", term.span,
+                               f"write the term with `{e.tied_to}`")
+                    return
+                continue
+            base[w] = value
+        envs = [base]
+        if term.over == "weights":
+            envs = []
+            for w in term.targets:
+                e = weights[w]
+                if w not in base:
+                    continue
+                envs.append({**base, "W": base[w], "pre.s": (BATCH, self.pops[e.pre].size),
+                             "post.s": (BATCH, self.pops[e.post].size)})
+        elif term.over == "populations":
+            envs = [{**base, "self.s": (BATCH, self.pops[n].size)} for n in term.targets]
+        for env in envs:
+            problem = term_problem(term.expr, env, self.functions)
+            if problem is not None:
+                self.errors.append(problem)
+                return
 
     def dynamics(self, decls: list[S.Dynamics], energy: EnergySpec | None) -> DynamicsSpec | None:
         if not decls:
@@ -174,6 +216,13 @@ class DynamicsMixin(BuilderBase):
         if ok:
             self.cost_spans[name] = s.span
         pop = self.pops.get(name)
+        if ok and len(pop.shape) > 1:
+            self.error(
+                f"a cost compares a vector of outputs with the targets, but `{name}` is {describe(pop.shape)}",
+                s.population.span,
+                f"make the output a vector (`population {name} [N] output`) fed by a dense connection",
+            )
+            ok = False
         if ok and pop.role == "input":
             self.error(
                 f"the cost is on `{name}`, an input population: it is clamped to the data, so the cost cannot nudge it",

@@ -258,7 +258,7 @@ class LearningMixin(BuilderBase):
             return
         g = nx.DiGraph()
         g.add_nodes_from(self.pops)
-        g.add_edges_from((e.pre, e.post) for e in self.edges if e.plasticity != "tied")
+        g.add_edges_from((e.pre, e.post) for e in self.edges)  # tied connections drive too
         try:
             cycle = nx.find_cycle(g)
         except nx.NetworkXNoCycle:

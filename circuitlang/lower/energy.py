@@ -113,7 +113,8 @@ class EnergyFunctions:
         """A custom term: population values as flat vectors (batch, N), weights as arrays;
         `W @ v` applies a weight's operator (a matrix product for a dense weight)."""
         w = weights_of(self.edges, params)
-        env: dict[str, Array] = dict(w)
+        by_name = {e.weight: e for e in self.edges if e.weight in w}
+        env: dict[str, Array] = {name: self._handle(by_name[name], array) for name, array in w.items()}
         flat = {n: v.reshape(v.shape[0], -1) for n, v in full.items()}
         for n, v in flat.items():
             env[f"{n}.s"] = v
@@ -121,7 +122,7 @@ class EnergyFunctions:
             total = 0.0
             for name in term.targets:
                 e = next(x for x in self.edges if x.weight == name)
-                local = dict(env, W=self._handle(e, w[name]))
+                local = dict(env, W=env[name])
                 local["pre.s"], local["post.s"] = flat[e.pre], flat[e.post]
                 total = total + jnp.sum(self.ev.eval(term.expr, local))
             return total
@@ -130,7 +131,7 @@ class EnergyFunctions:
         return jnp.sum(self.ev.eval(term.expr, env))
 
     def _handle(self, e: ConnectionEdge, array):
-        """`W` in `term for W`: the matrix itself when dense, else its operator."""
+        """A weight in a term: the matrix itself when dense, else its operator."""
         if [st.kind for st in e.stages] == ["dense"]:
             return array
         return _Operator(e, array, self.shapes)

@@ -68,7 +68,7 @@ class Relaxer:
         self.source = source  # for error excerpts
         order_graph = nx.DiGraph()
         order_graph.add_nodes_from(fns.pops)
-        order_graph.add_edges_from((e.pre, e.post) for e in fns.edges if e.kind != "undirected" and e.tied_to is None)
+        order_graph.add_edges_from((e.pre, e.post) for e in fns.edges if e.kind != "undirected")
         try:
             self.order = tuple(nx.topological_sort(order_graph))
         except nx.NetworkXUnfeasible:
