@@ -178,3 +178,93 @@ def rate_residual(net, p, x, r):
     """max |r − ρ(Σ W r + b)| over the free populations (0 at a prototypical fixed point)."""
     full = {**{k: net.rho(k, np.asarray(v, float)) for k, v in x.items()}, **r}
     return max(float(np.max(np.abs(r[n] - net.rho(n, _rate_input(net, p, full, n))))) for n in net.free)
+
+
+# ------------------------------------------------------- couplings through operators --
+@dataclasses.dataclass
+class OpNet:
+    """A hopfield circuit whose couplings go through operators (convolutions, pooling).
+
+    `couplings` holds (a, b, W, fwd, vjp): the term −⟨ρ(s_a), fwd(p[W], ρ(s_b))⟩, with
+    `vjp(w, v, ct) -> (∂⟨ct, fwd(w, v)⟩/∂v, ∂/∂w)`; the operators' own NumPy versions
+    are passed in by the tests (`ops/*.py`: `numpy`, `numpy_vjp`), so this file still
+    imports nothing from circuitlang. States are arrays (batch, *shape) in the compiled
+    layout (channels last); a bias is added along the last axis (one per channel).
+    """
+
+    shapes: dict
+    inputs: tuple
+    act: dict
+    couplings: list
+    biased: tuple = ()
+
+    @property
+    def free(self):
+        return tuple(n for n in self.shapes if n not in self.inputs)
+
+    def rho(self, n, v):
+        return ACT[self.act[n]][0](v)
+
+    def drho(self, n, v):
+        return ACT[self.act[n]][1](v)
+
+
+def op_input(net, p, r, n):
+    """Σ fwd(ρ(b)) + Σ vjp(ρ(b), ρ(a)) + b_n: what population n receives, from rates `r`."""
+    total = np.zeros_like(r[n])
+    for a, b, w, fwd, vjp in net.couplings:
+        if a == n:
+            total = total + fwd(p[w], r[b])
+        if b == n:
+            total = total + vjp(p[w], r[b], r[a])[0]
+    if n in net.biased:
+        total = total + p[f"{n}.bias"]
+    return total
+
+
+def op_energy(net, p, s):
+    """Per-example hopfield energies, shape (batch,)."""
+    r = {n: net.rho(n, v) for n, v in s.items()}
+    axes = lambda v: tuple(range(1, v.ndim))  # noqa: E731
+    E = sum(0.5 * np.sum(s[n] ** 2, axes(s[n])) for n in net.free)
+    for a, b, w, fwd, vjp in net.couplings:
+        E = E - np.sum(r[a] * fwd(p[w], r[b]), axes(r[a]))
+    for n in net.biased:
+        E = E - np.sum(r[n] * p[f"{n}.bias"], axes(r[n]))
+    return E
+
+
+def op_euler(net, p, x, s0, dt, steps, beta=0.0, y=None, out=None):
+    """Euler steps of the (nudged) gradient flow on the operator energy."""
+    s = {**{k: np.asarray(v, float) for k, v in x.items()}, **{k: np.array(v, float) for k, v in s0.items()}}
+    for _ in range(steps):
+        r = {n: net.rho(n, v) for n, v in s.items()}
+        f = {n: s[n] - net.drho(n, s[n]) * op_input(net, p, r, n) for n in net.free}
+        if beta:
+            f[out] = f[out] + beta * cost_force("squared", s[out], y)
+        s = {**s, **{n: s[n] - dt * f[n] for n in net.free}}
+    return {n: s[n] for n in net.free}
+
+
+def op_prototypical(net, p, x, r0, steps, beta=0.0, y=None, out=None):
+    """r ← ρ(∂Φ/∂r − β ∂C/∂r) with dt = 1 (Laborieux et al. 2021's P_CNN update)."""
+    r = {**{k: net.rho(k, np.asarray(v, float)) for k, v in x.items()}, **{k: np.array(v, float) for k, v in r0.items()}}
+    for _ in range(steps):
+        new = {}
+        for n in net.free:
+            u = op_input(net, p, r, n)
+            if beta and n == out:
+                u = u - beta * cost_force("squared", r[n], y)
+            new[n] = net.rho(n, u)
+        r.update(new)
+    return {n: r[n] for n in net.free}
+
+
+def op_weight_gradient(net, p, r):
+    """∂E/∂θ summed over the batch at rates `r` (E = −Φ in the rate form)."""
+    g = {}
+    for a, b, w, fwd, vjp in net.couplings:
+        g[w] = g.get(w, 0.0) - vjp(p[w], r[b], r[a])[1]
+    for n in net.biased:
+        g[f"{n}.bias"] = -np.sum(r[n], axis=tuple(range(r[n].ndim - 1)))
+    return g
