@@ -96,7 +96,7 @@ def _population_label(pop: PopulationNode, default_activation: str) -> str:
     if pop.activation != default_activation:
         notes.append(f"ρ = {pop.activation}")
     if pop.bias:
-        notes.append("+ bias")
+        notes.append("+ bias" if len(pop.shape) == 1 else f"+ bias per {pop.bias_per}")
     sub = f'<BR/><FONT POINT-SIZE="9">{esc(" · ".join(notes))}</FONT>' if notes else ""
     if not pop.cell_type:
         return (
