@@ -282,7 +282,7 @@ class ConnectionsMixin(BuilderBase):
             if spec.name not in values:
                 if spec.default is None:
                     if ok:
-                        self.error(f"`{name}` needs its `{spec.name}` ({spec.doc})", call.span,
+                        self.error(f"`{name}` needs its `{spec.name}` argument: {spec.doc}", call.span,
                                    f"e.g. `{name}(" + ", ".join(_example(a) for a in op.args if a.default is None) + ")`")
                     ok = False
                 else:

@@ -85,7 +85,7 @@ class Conv(OpKind):
     paper = "Laborieux et al. 2021 (conv EqProp)"
     weighted = True
     args = (
-        Arg("kernel", "int", "kernel size k (k×k)", None, minimum=1),
+        Arg("kernel", "int", "the kernel size k, for k×k kernels", None, minimum=1),
         Arg("stride", "int", "step between positions", 1, minimum=1),
         Arg("padding", "int_or_choice", "zeros added on each side, or `same`", 0, minimum=0, choices=("same",)),
     )

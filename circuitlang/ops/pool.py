@@ -61,8 +61,8 @@ class Pool(OpKind):
     doc = "max, average or softmax pooling over k×k windows, per channel"
     paper = "Laborieux et al. 2021 (max), Laborieux & Zenke 2022 (softmax)"
     args = (
-        Arg("mode", "choice", "max, avg or softmax", None, choices=MODES),
-        Arg("window", "int", "window size k (k×k)", 2, minimum=1),
+        Arg("mode", "choice", "the pooling: max, avg or softmax", None, choices=MODES),
+        Arg("window", "int", "the window size k, for k×k windows", 2, minimum=1),
         Arg("stride", "int", "step between windows (default: the window size)", 0, minimum=1),
     )
 
