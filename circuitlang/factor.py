@@ -107,10 +107,16 @@ def factor_rule(rule, target: str, pops: Mapping[str, Any], weights: Mapping[str
 
 
 
-def rule_problems(learning, pops: Mapping[str, Any], weights: Mapping[str, Any]) -> list[Diagnostic]:
+def rule_problems(learning, pops: Mapping[str, Any], weights: Mapping[str, Any],
+                  params: Mapping[str, float] | None = None, functions: Mapping[str, Any] | None = None,
+                  ) -> list[Diagnostic]:
     """Every reason the local rules of a `learn` block cannot be lowered: terms that
-    are not post × pre products, rules in phases without Euler steps to follow."""
+    are not post × pre products, rules in phases without Euler steps to follow, and
+    divisions by a constant that is zero in a phase the rule is active in (`/ beta`
+    in an un-nudged phase)."""
     problems: list[Diagnostic] = []
+    for rule in learning.rules:
+        problems.extend(_zero_divisors(rule, learning.phases, params or {}, functions or {}))
     for rule in learning.rules:
         for target in rule.weights:
             try:
@@ -129,6 +135,36 @@ def rule_problems(learning, pops: Mapping[str, Any], weights: Mapping[str, Any])
                 f"phase `{ph.name}` is one `forward` pass: it has no trajectory for rules to follow",
                 ph.span, "give it `steps N; dt ...`"))
     return problems
+
+
+def _zero_divisors(rule, phases, params, functions) -> list[Diagnostic]:
+    """A divisor made of numbers, params, `beta` and `dt` only, that is 0 in an active phase."""
+    from .expr import EvalError, evaluate
+
+    out: list[Diagnostic] = []
+    for node in S.walk(rule.expr):
+        if not (isinstance(node, S.Binary) and node.op == "/"):
+            continue
+        names = {n.name for n in S.walk(node.right) if isinstance(n, S.Var)}
+        if any(isinstance(n, (S.Member, S.TimeDerivative)) for n in S.walk(node.right)) or \
+                not names <= set(params) | {"beta", "dt"}:
+            continue
+        for ph in phases:
+            if not (rule.always or not rule.phases or ph.name in rule.phases):
+                continue
+            try:
+                value = evaluate(node.right, {**params, "beta": ph.beta, "dt": ph.dt}, functions, "a divisor")
+            except EvalError:
+                continue
+            if value == 0:
+                out.append(Diagnostic(
+                    f"this rule divides by {'`beta`, which is 0' if 'beta' in names else 'zero'} in phase "
+                    f"`{ph.name}`, where it is active",
+                    node.right.span,
+                    "make the rule `during` the nudged phases only, or divide by something nonzero",
+                ))
+                break
+    return out
 
 
 # --------------------------------------------------------------- expansion --

@@ -5,8 +5,8 @@ A checked circuit is a frozen `networkx.MultiDiGraph`:
 * **nodes** are populations, keyed by name; ``graph.nodes[name]["payload"]``
   is a `PopulationNode`.
 * **edges** are connections, from the source population to the target one,
-  keyed by the weight name (or ``"pre=>post"`` for an unnamed one-to-one
-  connection); ``graph.edges[pre, post, key]["payload"]`` is a
+  keyed by the weight name (or ``"pre=>post"`` for a weightless one,
+  ``"pre=>post#2"`` for a second one between the same populations); ``graph.edges[pre, post, key]["payload"]`` is a
   `ConnectionEdge`. An undirected coupling ``a -- b : W`` is one edge
   ``b → a`` with ``kind == "undirected"``; its weight has shape
   ``(|a|, |b|)`` and enters the energy as ``rho(s_a)^T W rho(s_b)``.
@@ -351,7 +351,10 @@ def validate(graph: nx.MultiDiGraph) -> None:
         if not isinstance(edge, ConnectionEdge):
             problems.append(f"edge {pre}->{post}: payload missing")
             continue
-        if (edge.pre, edge.post) != (pre, post) or key != (edge.weight or f"{pre}=>{post}"):
+        unnamed = f"{pre}=>{post}"
+        if (edge.pre, edge.post) != (pre, post) or not (
+            key == edge.weight or (edge.weight is None and (key == unnamed or key.startswith(unnamed + "#")))
+        ):
             problems.append(f"edge {key}: endpoints or key disagree with payload")
         if edge.kind not in P.CONNECTION_KINDS.values():
             problems.append(f"edge {key}: unknown kind {edge.kind!r}")

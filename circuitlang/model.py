@@ -157,8 +157,9 @@ class Model:
         return out
 
     def zeros(self, x: Mapping[str, Array], free: tuple[str, ...] | None = None) -> dict[str, Array]:
-        first = next(iter(x.values()))
-        batch, dtype = first.shape[:1], first.dtype
+        """Zero states, batched like the inputs `x` (a circuit without inputs relaxes one copy)."""
+        first = next(iter(x.values()), None)
+        batch, dtype = (first.shape[:1], first.dtype) if first is not None else ((1,), jnp.zeros(()).dtype)
         return {n: jnp.zeros((*batch, *self.shape_of(n)), dtype) for n in (free or self.state_keys)}
 
     def shape_of(self, key: str) -> tuple[int, ...]:

@@ -25,12 +25,9 @@ Inputs: every `.circ` file of the repository, and circuits generated as text
 by `circuit_texts()` from parts (populations, operator chains, ties, energies,
 cell types, costs, `learn` blocks), many valid, many subtly not.
 
-`KNOWN` lists minimal circuits that violate the rule today (each a strict
-xfail: fixing the bug makes its test XPASS, i.e. fail, until the entry is
-removed). The generator keeps producing such circuits; the property
-recognises each known class by its `matches(circuit, exception)` and
-tolerates it, so removing an entry also makes the property hunt that class
-again.
+`FOUND` lists the minimal circuits of the bugs this property found (each
+fixed: refused by `check` with a located error, or compiled); they stay as
+regression tests.
 
     CIRCUITLANG_PROPERTY_EXAMPLES=2000 python -m pytest -q tests/test_check_compile.py
 
@@ -43,9 +40,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import re
-import traceback
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +50,6 @@ from hypothesis import strategies as st
 import circuitlang as cl
 from circuitlang import learning
 from circuitlang import primitives as P
-from circuitlang import syntax as S
-from circuitlang.check.estimators import NON_ANALYTIC
 from circuitlang.optim import DEFAULT_LR, RULES_LR, make_optimizer
 
 from .conftest import ROOT
@@ -118,141 +110,12 @@ def assert_located(exc: cl.CircuitError) -> None:
         assert d.span.line >= 1 and d.span.col >= 1, f"bad position {d.span}: {d.message}"
 
 
-# ============================================================ known failures ==
-@dataclasses.dataclass(frozen=True)
-class Known:
-    """A class of circuits that `check` accepts and `compile`/tracing then refuses (a bug).
-
-    `text` is a minimal example. `matches(circ, exc)` says whether a failure belongs to
-    the class: `circ` is the checked circuit (None when `check` itself crashed), `exc`
-    what was raised. Each predicate looks at both the circuit (a static property of
-    the class) and where the exception came from, so it does not hide other bugs."""
-
-    id: str
-    text: str
-    reason: str
-    matches: Callable[[cl.Circuit | None, BaseException], bool]
-    stage: str = "compile"  # "check": `check` itself crashes on the example
-
-
-def _msg(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-
-
-def _raised_in(exc: BaseException, path: str) -> bool:
-    """Whether the innermost circuitlang frame of `exc`'s traceback is in `path`
-    (like "circuitlang/rules.py")."""
-    frames = [f.filename.replace("\\", "/") for f in traceback.extract_tb(exc.__traceback__)]
-    ours = [f for f in frames if "/circuitlang/" in f]
-    return bool(ours) and ours[-1].endswith(path)
-
-
-def _members_of(pop) -> tuple[str, ...]:
-    """What `pop.X` may name in a rule (as `check/base.py::_members` says)."""
-    comps = () if pop.cell_type is None else pop.compartments
-    return (*pop.state, *comps, "rate", "error", *(("target",) if pop.role == "output" else ()))
-
-
-def _rule_reads(circ: cl.Circuit):
-    """(rule, target, orientation index, weight edge or None, Member node, population it reads)
-    for every `post.X` / `pre.X` / `pop.X` of every local rule, per end of each target
-    (an undirected coupling's two ends each take a turn as `post`, as `factor.py` does)."""
-    learn = circ.spec.learning
-    pops = circ.populations
-    weights = circ.weights
-    for rule in (learn.rules if learn else ()):
-        for target in rule.weights:
-            e = weights.get(target)
-            if e is None:  # `h.bias`: both `post` and `pre` are the population
-                n = target[: -len(".bias")]
-                orients = [(n, n)]
-            else:
-                orients = [(e.post, e.pre)] + ([(e.pre, e.post)] if e.kind == "undirected" else [])
-            for k, (post, pre) in enumerate(orients):
-                for node in S.walk(rule.expr):
-                    if isinstance(node, S.Member):
-                        obj = node.obj.name
-                        name = post if obj == "post" else pre if obj == "pre" else obj
-                        if name in pops:
-                            yield rule, target, k, e, node, pops[name]
-
-
-def _member_of_another_end(circ: cl.Circuit | None, undirected: bool) -> bool:
-    """A rule reads `post.X`/`pre.X` that the end it is evaluated at does not have (the
-    checker allows the members of *any* end of the rule's targets)."""
-    if circ is None:
-        return False
-    for rule, _target, _k, e, node, pop in _rule_reads(circ):
-        if node.obj.name in ("post", "pre") and node.attr.name not in _members_of(pop):
-            if undirected == (e is not None and e.kind == "undirected" and len(rule.weights) == 1):
-                return True
-    return False
-
-
-def _input_cell_member(circ: cl.Circuit | None) -> bool:
-    """A rule reads a compartment or a cell state of an input population (never computed:
-    inputs are clamped)."""
-    if circ is None:
-        return False
-    return any(pop.role == "input" and node.attr.name not in ("s", "rate", "error", "target")
-               for *_, node, pop in _rule_reads(circ))
-
-
-def _holomorphic_nonanalytic_input(circ: cl.Circuit | None) -> bool:
-    learn = circ.spec.learning if circ is not None else None
-    if learn is None or learn.estimator != "holomorphic" or int(learn.estimator_options.get("points", 4)) <= 2:
-        return False
-    inputs = {n: p for n, p in circ.populations.items() if p.role == "input"}
-    return any(_non_analytic_fn(p.activation, circ.spec.functions) for p in inputs.values())
-
-
-def _non_analytic_fn(name: str, functions, depth: int = 0) -> bool:
-    if name in NON_ANALYTIC:
-        return True
-    fn = functions.get(name)
-    if fn is None or depth > 8:
-        return False
-    return any(isinstance(n, S.Call) and _non_analytic_fn(n.fn.name, functions, depth + 1) for n in S.walk(fn.body))
-
-
-def _forward_with_cell_states(circ: cl.Circuit | None) -> bool:
-    learn = circ.spec.learning if circ is not None else None
-    return bool(learn and any(p.forward for p in learn.phases)) and any(
-        p.role != "input" and len(p.state) > 1 for p in circ.populations.values())
-
-
-def _forward_pass(circ: cl.Circuit | None) -> bool:
-    """Whether the circuit runs `Relaxer.forward`: a `forward` phase, or `prospective`."""
-    learn = circ.spec.learning if circ is not None else None
-    return bool(learn and (learn.prospective or any(p.forward for p in learn.phases)))
-
-
-def _term_for_tied_operator(circ: cl.Circuit | None) -> bool:
-    """A `term for B` where B is the tied transpose of a chain that is not one dense matrix."""
-    energy = circ.spec.energy if circ is not None else None
-    if energy is None:
-        return False
-    weights = circ.weights
-    return any(t.over == "weights" and any(w in weights and weights[w].value_shape is None for w in t.targets)
-               for t in energy.terms)
-
-
-def _tied_transpose_from_clamped(circ: cl.Circuit | None, chl: bool) -> bool:
-    """A tied `transpose(W)` connection whose source is clamped: an input population, or
-    (`chl`) the output that CHL's clamped phase holds at the target."""
-    if circ is None:
-        return False
-    pops = circ.populations
-    learn = circ.spec.learning
-    costs = {c.population for c in circ.spec.costs} if learn is not None and learn.estimator == "chl" else set()
-    return any(e.tied_to and e.transposed and (e.pre in costs if chl else pops[e.pre].role == "input")
-               for e in circ.connections)
-
-
-KNOWN: list[Known] = [
-    Known(
-        "holomorphic-nonanalytic-input",
-        """\
+# ======================================================= found and fixed ==
+# Each of these minimal circuits was accepted by `check` and then failed to compile or
+# trace (found by the property below); each is now either refused by `check` with a
+# located error or compiled and traced. `reason` is what went wrong.
+FOUND: list[tuple[str, str, str]] = [
+    ("holomorphic-nonanalytic-input", """\
 population x [2] input rho=hard_sigmoid
 population y [2] output
 y -- x : W
@@ -264,13 +127,8 @@ learn eqprop {
   estimator holomorphic
 }
 """,
-        "check/estimators.py::non_analytic skips input populations, but `holomorphic` runs their "
-        "activation on complex inputs too: `ValueError: Clip received a complex value`",
-        lambda circ, exc: _holomorphic_nonanalytic_input(circ) and "complex" in str(exc).lower(),
-    ),
-    Known(
-        "rule-reads-input-compartment",
-        """\
+     'check/estimators.py::non_analytic skips input populations, but `holomorphic` runs their  activation on complex inputs too: `ValueError: Clip received a complex value`'),
+    ("rule-reads-input-compartment", """\
 neuron pyr { compartment basal; ds/dt = -s + basal }
 population x : pyr [2] input
 population y [2] output
@@ -281,15 +139,8 @@ learn rules {
   always: dW/dt = post.s * pre.basal
 }
 """,
-        "a rule may read a compartment (or a cell state other than `s`) of an input population with "
-        "a cell type, but inputs are clamped and those values are never computed: `KeyError: 'x.basal'` "
-        "in rules.py::_observe",
-        lambda circ, exc: isinstance(exc, KeyError) and _raised_in(exc, "circuitlang/rules.py")
-        and _input_cell_member(circ),
-    ),
-    Known(
-        "forward-phase-with-cell-states",
-        """\
+     "a rule may read a compartment (or a cell state other than `s`) of an input population with  a cell type, but inputs are clamped and those values are never computed: `KeyError: 'x.basal'`  in rules.py::_observe"),
+    ("forward-phase-with-cell-states", """\
 neuron two { compartment basal; ds/dt = -s + basal - a; da/dt = -a }
 population x [2] input
 population y : two [2] output
@@ -300,30 +151,16 @@ learn eqprop {
   phase nudge { steps 1; beta 0.5 }
 }
 """,
-        "`forward` is accepted on circuits whose cell types have a second state variable, but "
-        "lower/relax.py::Relaxer.forward computes main states only: `KeyError: 'y.a'`",
-        lambda circ, exc: isinstance(exc, KeyError) and _raised_in(exc, "circuitlang/lower/relax.py")
-        and _forward_with_cell_states(circ),
-    ),
-    Known(
-        "term-for-weight-of-bad-connection",
-        """\
+     "`forward` is accepted on circuits whose cell types have a second state variable, but  lower/relax.py::Relaxer.forward computes main states only: `KeyError: 'y.a'`"),
+    ("term-for-weight-of-bad-connection", """\
 population x [2] input
 population y [3] output
 y -- x : W
 x => y : g
 energy { term for W, g: sum(y.s) }
 """,
-        "check itself crashes: when a `term for` lists a weight whose connection had an error (here "
-        "`=>` between unequal sizes) next to a valid one, check/dynamics.py::_term_shapes raises "
-        "`KeyError: 'g'` instead of reporting the connection's error",
-        lambda circ, exc: circ is None and isinstance(exc, KeyError)
-        and _raised_in(exc, "circuitlang/check/dynamics.py"),
-        stage="check",
-    ),
-    Known(
-        "rule-member-of-another-target",
-        """\
+     "check itself crashes: when a `term for` lists a weight whose connection had an error (here  `=>` between unequal sizes) next to a valid one, check/dynamics.py::_term_shapes raises  `KeyError: 'g'` instead of reporting the connection's error"),
+    ("rule-member-of-another-target", """\
 neuron den { compartment dendrite; ds/dt = -s + dendrite }
 population x [2] input
 population h : den [2]
@@ -336,15 +173,8 @@ learn rules {
   always for W1, W2: dW/dt = post.dendrite * pre.rate
 }
 """,
-        "check/learning.py::_rule_members allows in `for W1, W2: ...` the members of the ends of *any* "
-        "target, but the rule is evaluated at each target's own ends: `KeyError: 'y.dendrite'` "
-        "(`post.target` with a hidden post end: a broadcasting error, or silently the output's target)",
-        lambda circ, exc: _member_of_another_end(circ, undirected=False)
-        and (_raised_in(exc, "circuitlang/rules.py") or _raised_in(exc, "circuitlang/lower/exprs.py")),
-    ),
-    Known(
-        "rule-member-of-other-end-of-coupling",
-        """\
+     "check/learning.py::_rule_members allows in `for W1, W2: ...` the members of the ends of *any*  target, but the rule is evaluated at each target's own ends: `KeyError: 'y.dendrite'`  (`post.target` with a hidden post end: a broadcasting error, or silently the output's target)"),
+    ("rule-member-of-other-end-of-coupling", """\
 population x [2] input
 population y [3] output
 y -- x : W
@@ -355,15 +185,8 @@ learn rules {
   always: dW/dt = post.target * pre.rate
 }
 """,
-        "a rule on an undirected coupling is applied with each end as `post`, but check allows "
-        "`post.target` if either end is an output: with `x` as post it reads y's target, "
-        "`ValueError: Incompatible types for broadcasting` in rules.py::_terms (silently wrong when sizes agree)",
-        lambda circ, exc: _member_of_another_end(circ, undirected=True)
-        and (_raised_in(exc, "circuitlang/rules.py") or _raised_in(exc, "circuitlang/lower/exprs.py")),
-    ),
-    Known(
-        "rule-divides-by-zero-beta",
-        """\
+     "a rule on an undirected coupling is applied with each end as `post`, but check allows  `post.target` if either end is an output: with `x` as post it reads y's target,  `ValueError: Incompatible types for broadcasting` in rules.py::_terms (silently wrong when sizes agree)"),
+    ("rule-divides-by-zero-beta", """\
 population x [2] input
 population y [2] output
 x -> y : W
@@ -374,44 +197,24 @@ learn rules {
   always: dW/dt = post.s * pre.s / beta
 }
 """,
-        "a rule dividing by `beta` (as in stdp_eqprop.circ) is accepted with `always` or in a phase "
-        "without `beta`; there beta is the Python float 0.0 and tracing raises `ZeroDivisionError` "
-        "in lower/exprs.py (the same for `/ z` with `param z = 0`)",
-        lambda circ, exc: isinstance(exc, ZeroDivisionError) and _raised_in(exc, "circuitlang/lower/exprs.py"),
-    ),
-    Known(
-        "term-for-tied-transpose-of-operator",
-        """\
+     'a rule dividing by `beta` (as in stdp_eqprop.circ) is accepted with `always` or in a phase  without `beta`; there beta is the Python float 0.0 and tracing raises `ZeroDivisionError`  in lower/exprs.py (the same for `/ z` with `param z = 0`)'),
+    ("term-for-tied-transpose-of-operator", """\
 population x [1, 4] input
 population y [2]
 y -- x : W pool(avg)
 x -- y : B = transpose(W)
 energy { term for B: sum(W @ pre.s) }
 """,
-        "`term for B` where B is the tied transpose of a chain that is not a dense matrix passes check "
-        "(check/dynamics.py::_term_shapes only refuses such a B when the term names it, not `W`), "
-        "then lower/energy.py::_term raises `KeyError: 'B'`",
-        lambda circ, exc: isinstance(exc, KeyError) and _raised_in(exc, "circuitlang/lower/energy.py")
-        and _term_for_tied_operator(circ),
-    ),
-    Known(
-        "tied-transpose-from-input",
-        """\
+     "`term for B` where B is the tied transpose of a chain that is not a dense matrix passes check  (check/dynamics.py::_term_shapes only refuses such a B when the term names it, not `W`),  then lower/energy.py::_term raises `KeyError: 'B'`"),
+    ("tied-transpose-from-input", """\
 population x [2] input
 population y [2]
 x -> y : W
 x -> y : B = transpose(W)
 dynamics leaky
 """,
-        "a tied `transpose(W)` connection leaving an input population is hoisted into the clamped "
-        "drives, where lower/wiring.py::Wiring.drive reads the rate of its target: `KeyError: 'y'` "
-        "(also `h -> x : W` with `x -> h : B = transpose(W)`)",
-        lambda circ, exc: isinstance(exc, KeyError) and _raised_in(exc, "circuitlang/lower/wiring.py")
-        and _tied_transpose_from_clamped(circ, chl=False),
-    ),
-    Known(
-        "tied-transpose-from-clamped-output-chl",
-        """\
+     "a tied `transpose(W)` connection leaving an input population is hoisted into the clamped  drives, where lower/wiring.py::Wiring.drive reads the rate of its target: `KeyError: 'y'`  (also `h -> x : W` with `x -> h : B = transpose(W)`)"),
+    ("tied-transpose-from-clamped-output-chl", """\
 population x [2] input
 population h [2]
 population y [2] output
@@ -426,15 +229,8 @@ learn eqprop {
   estimator chl
 }
 """,
-        "the same as `tied-transpose-from-input` for CHL's clamped phase, where the output is clamped: "
-        "top-down feedback tied to the transpose of the output weight (the usual predictive-coding "
-        "or Hopfield wiring) fails, `KeyError: 'h'` in lower/wiring.py::Wiring.drive",
-        lambda circ, exc: isinstance(exc, KeyError) and _raised_in(exc, "circuitlang/lower/wiring.py")
-        and _tied_transpose_from_clamped(circ, chl=True),
-    ),
-    Known(
-        "tied-transpose-in-forward-pass",
-        """\
+     "the same as `tied-transpose-from-input` for CHL's clamped phase, where the output is clamped:  top-down feedback tied to the transpose of the output weight (the usual predictive-coding  or Hopfield wiring) fails, `KeyError: 'h'` in lower/wiring.py::Wiring.drive"),
+    ("tied-transpose-in-forward-pass", """\
 population x [2] input
 population h [2]
 population y [2] output
@@ -448,32 +244,15 @@ learn eqprop {
   phase nudge { steps 1; beta 0.5 }
 }
 """,
-        "the same root cause once more (Wiring.drive of a tied transpose reads the rate of its own "
-        "target, only for its shape): lower/relax.py::Relaxer.forward computes y from the drives into "
-        "it before y has a rate, `KeyError: 'y'`; `prospective` runs the same pass",
-        lambda circ, exc: isinstance(exc, KeyError) and _raised_in(exc, "circuitlang/lower/wiring.py")
-        and _forward_pass(circ) and any(e.tied_to and e.transposed for e in circ.connections),
-    ),
-]
-
-KNOWN.append(Known(
-    "circuit-without-input",
-    """\
+     "the same root cause once more (Wiring.drive of a tied transpose reads the rate of its own  target, only for its shape): lower/relax.py::Relaxer.forward computes y from the drives into  it before y has a rate, `KeyError: 'y'`; `prospective` runs the same pass"),
+    ("circuit-without-input", """\
 population h [2]
 population y [2]
 h -> y : W
 dynamics leaky
 """,
-    "check accepts a circuit without an input population (only `learn` needs one), but relaxing it "
-    "fails: model.py::Model.zeros takes the batch size from the inputs, `StopIteration` "
-    "(`circuitc compile --emit jaxpr --fn relax` on it: internal error)",
-    lambda circ, exc: isinstance(exc, StopIteration) and circ is not None
-    and not any(p.role == "input" for p in circ.populations.values()),
-))
-
-KNOWN.append(Known(
-    "holomorphic-prospective",
-    """\
+     'check accepts a circuit without an input population (only `learn` needs one), but relaxing it  fails: model.py::Model.zeros takes the batch size from the inputs, `StopIteration`  (`circuitc compile --emit jaxpr --fn relax` on it: internal error)'),
+    ("holomorphic-prospective", """\
 population x [2] input
 population y [2] output
 x -> y : W
@@ -486,15 +265,8 @@ learn eqprop {
   prospective
 }
 """,
-    "`prospective` with the holomorphic estimator passes check, but lower/relax.py::prospective_state "
-    "takes `jax.grad` of the cost at complex states: `TypeError: grad requires real-valued outputs`",
-    lambda circ, exc: isinstance(exc, TypeError) and _raised_in(exc, "circuitlang/lower/relax.py")
-    and circ.spec.learning is not None and circ.spec.learning.prospective
-    and circ.spec.learning.estimator == "holomorphic",
-))
-KNOWN.append(Known(
-    "chl-tol-nothing-free",
-    """\
+     '`prospective` with the holomorphic estimator passes check, but lower/relax.py::prospective_state  takes `jax.grad` of the cost at complex states: `TypeError: grad requires real-valued outputs`'),
+    ("chl-tol-nothing-free", """\
 population x [2] input
 population y [2] output
 y -- x : W
@@ -506,12 +278,8 @@ learn eqprop {
   estimator chl
 }
 """,
-    "CHL clamps the output; when nothing else is free, the clamped phase with `tol` has no state to "
-    "measure: lower/relax.py::Relaxer.run stacks an empty list, `ValueError: Need at least one array to stack`",
-    lambda circ, exc: isinstance(exc, ValueError) and "at least one array" in str(exc)
-    and _raised_in(exc, "circuitlang/lower/relax.py") and circ.spec.learning is not None
-    and circ.spec.learning.estimator == "chl",
-))
+     'CHL clamps the output; when nothing else is free, the clamped phase with `tol` has no state to  measure: lower/relax.py::Relaxer.run stacks an empty list, `ValueError: Need at least one array to stack`'),
+]
 
 # Not a crash, so outside the property, but found by it: `check` accepts two weightless
 # connections between the same populations and the graph keeps only the last one (both
@@ -523,10 +291,6 @@ x -> h pool(avg, 2)
 x -> h pool(max, 2) inhibitory
 dynamics leaky
 """
-
-
-def _known(circ: cl.Circuit | None, exc: BaseException) -> Known | None:
-    return next((k for k in KNOWN if k.matches(circ, exc)), None)
 
 
 # ================================================================= generator ==
@@ -1096,10 +860,10 @@ class Gen:
             ms_post = ms_pre = "s" if self.main_state(post) == self.main_state(pre) == "s" else "rate"
         forms = [
             f"eta * post.{ms_post} * pre.rate",
-            f"eta * post.error * pre.rate",
+            "eta * post.error * pre.rate",
             f"eta * d({R}(post.{ms_post}))/dt * {R}(pre.{ms_pre})",
             f"eta * (post.rate - 0.5) * pre.rate - 0.01 * {placeholder}",
-            f"beta * post.rate * pre.rate / dt",
+            "beta * post.rate * pre.rate / dt",
             f"eta * {R}'(post.{ms_post}) * post.error * pre.rate",
         ]
         pp = self.pops[post]
@@ -1111,8 +875,8 @@ class Gen:
         if CELLS.get(self.pops[pre].ctype or "", (None, ()))[1]:
             forms.append(f"eta * post.rate * pre.{CELLS[self.pops[pre].ctype][1][0]}")  # a compartment of pre
         if c.chance(0.2):
-            forms += [f"eta * t * post.rate * pre.rate", f"eta * d(post.rate * pre.rate)/dt",
-                      f"prod(post.rate, pre.rate)", f"eta * (post.error + 0.1 * post.rate) * (pre.rate - 0.5)"]
+            forms += ["eta * t * post.rate * pre.rate", "eta * d(post.rate * pre.rate)/dt",
+                      "prod(post.rate, pre.rate)", "eta * (post.error + 0.1 * post.rate) * (pre.rate - 0.5)"]
             same = [q.name for q in self.pops.values() if q.shape == pp.shape and q.name != post]
             if same:  # another population of the post end's shape: aligned with it
                 forms.append(f"eta * {c.pick(same)}.rate * pre.rate")
@@ -1166,39 +930,25 @@ def test_repository_files_check_and_compile(path):
     compile_and_trace(cl.load(path))
 
 
-class KnownBug(Exception):
-    """Raised by `test_known_failure` when an example fails as its class says (the one
-    outcome its xfail accepts: failing any other way is a real failure)."""
-
-
-@pytest.mark.parametrize("known", [
-    pytest.param(k, id=k.id, marks=pytest.mark.xfail(strict=True, raises=KnownBug, reason=k.reason))
-    for k in KNOWN])
-def test_known_failure(known):
-    """The minimal example of a known bug: it should be refused by `check` (located) or
-    compile and trace. Today it fails, as its class says; once fixed, this test passes,
-    strict xfail reports that, and the entry comes out of `KNOWN`."""
+@pytest.mark.parametrize("case", FOUND, ids=[c[0] for c in FOUND])
+def test_found_cases_are_refused_or_compile(case):
+    """A circuit that once passed `check` and failed later: now `check` refuses it, located,
+    or it compiles and traces."""
+    _, text, _ = case
     try:
-        circ = cl.loads(known.text)
+        circ = cl.loads(text)
     except cl.CircuitError as exc:
         assert_located(exc)
         return
-    except Exception as exc:
-        assert known.stage == "check" and known.matches(None, exc), f"check crashed: {_msg(exc)}"
-        raise KnownBug(_msg(exc)) from exc
-    assert known.stage == "compile", "check accepts it now; compile_and_trace follows"
-    try:
-        compile_and_trace(circ)
-    except Exception as exc:
-        assert known.matches(circ, exc), f"it fails, but not as its class says: {_msg(exc)}"
-        raise KnownBug(_msg(exc)) from exc
+    compile_and_trace(circ)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="two weightless connections between the same populations share the "
-                   "edge key `x=>h` in check/builder.py, so the graph keeps only the last one")
 def test_every_connection_is_an_edge():
+    """Two weightless connections between the same populations are two edges (they once
+    shared the key `x=>h`, and the graph kept only the last)."""
     circ = cl.loads(DROPPED_EDGE)
     assert len(circ.connections) == 2
+    cl.validate(circ.graph)
 
 
 def test_generator_pass_rate():
@@ -1218,9 +968,11 @@ def test_generator_pass_rate():
     assert passed <= 0.85 * n, f"{passed} of {n} generated circuits pass check: too few invalid ones"
 
 
+def _msg(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
 def _fail(text: str, circ, exc: BaseException) -> None:
-    if _known(circ, exc) is not None:
-        return  # a known bug (`KNOWN`): its own xfail test tracks it
     where = "check crashed" if circ is None else "check accepted this circuit, but compiling or tracing it failed"
     raise AssertionError(f"{where}:\n{_msg(exc)}\n--- circuit ---\n{text}") from exc
 

@@ -116,6 +116,8 @@ class BuilderBase:
         pop = self.pops.get(obj)
         if pop is None:
             return None
+        if pop.role == "input":  # clamped to the data: no compartments or other states are computed
+            return ("s", "rate", "error")
         extra = ("target",) if pop.role == "output" else ()
         comps = () if pop.cell_type is None else pop.compartments
         return (*pop.state, *comps, "rate", "error", *extra)

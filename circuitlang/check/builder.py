@@ -122,8 +122,13 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
         g = nx.MultiDiGraph(circuit=spec)
         for name, pop in pops.items():
             g.add_node(name, payload=pop)
-        for e in self.edges:
-            g.add_edge(e.pre, e.post, key=e.weight or f"{e.pre}=>{e.post}", payload=e)
+        for e in self.edges:  # a weightless connection is keyed by its ends (and its number among them)
+            key = e.weight or f"{e.pre}=>{e.post}"
+            n = 1
+            while g.has_edge(e.pre, e.post, key):
+                n += 1
+                key = f"{e.pre}=>{e.post}#{n}"
+            g.add_edge(e.pre, e.post, key=key, payload=e)
         return g
 
 

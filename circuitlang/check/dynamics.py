@@ -112,9 +112,14 @@ class DynamicsMixin(BuilderBase):
         if term.over == "weights":
             envs = []
             for w in term.targets:
-                e = weights[w]
-                if w not in base:
+                e = weights.get(w)
+                if e is None:  # its connection has an error, reported already
                     continue
+                if w not in base:
+                    self.error(f"`term for {w}`: `{w}` is a tied `transpose({e.tied_to})` of an operator that "
+                               "is not a matrix, so it has no array of its own in an energy term", term.span,
+                               f"write the term `for {e.tied_to}`")
+                    return
                 envs.append({**base, "W": base[w], "pre.s": (BATCH, self.pops[e.pre].size),
                              "post.s": (BATCH, self.pops[e.post].size)})
         elif term.over == "populations":

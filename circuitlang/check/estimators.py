@@ -94,9 +94,7 @@ def _points(learning) -> int:
 
 def non_analytic(pops: Mapping, edges: Sequence, functions: Mapping) -> tuple[str, Span] | None:
     """The first activation or operator without a complex extension, and where it is."""
-    for pop in pops.values():
-        if pop.role == "input":
-            continue
+    for pop in pops.values():  # inputs too: their rates carry the complex relaxation's inputs
         name = pop.activation
         if name in NON_ANALYTIC:
             return name, pop.span

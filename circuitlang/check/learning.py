@@ -141,9 +141,16 @@ class LearningMixin(BuilderBase):
         for ph in spec.phases:
             self.errors.extend(integrator_problems(ph, energy, typed))
         if spec.rules and rules_ok:
-            self.errors.extend(rule_problems(spec, self.pops, self.weight_edges()))
+            self.errors.extend(rule_problems(spec, self.pops, self.weight_edges(), self.params, self.functions))
         if spec.prospective:
             self._prospective(spec, energy)
+            if spec.estimator == "holomorphic" and int(spec.estimator_options.get("points", 4)) > 2:
+                self.error(
+                    "the holomorphic estimator relaxes with complex β, but `prospective` computes the "
+                    "states in one real-valued pass",
+                    span or spec.span,
+                    "use `estimator symmetric` (= holomorphic with points=2) with `prospective`",
+                )
 
     def _prospective(self, spec: LearningSpec, energy: EnergySpec | None) -> None:
         """Latent equilibrium needs a feed-forward predictive circuit."""
@@ -249,6 +256,15 @@ class LearningMixin(BuilderBase):
         )
 
     def _forward_ok(self, ph: S.Phase, energy: EnergySpec | None, dyn: DynamicsSpec | None) -> None:
+        typed = next((p for p in self.pops.values() if p.cell_type and p.role != "input"), None)
+        if typed is not None:
+            self.error(
+                f"phase `{ph.name.name}` is `forward`: each population is computed from its inputs in one "
+                f"pass, but `{typed.name}` follows the equations of cell type `{typed.cell_type}`",
+                ph.name.span,
+                "use `steps N` to run the cell equations",
+            )
+            return
         if any(e.kind == "undirected" for e in self.edges):
             self.error(
                 f"phase `{ph.name.name}` is `forward`, but undirected couplings (`--`) have no direction to follow",
@@ -405,10 +421,17 @@ class LearningMixin(BuilderBase):
         weights: Mapping[str, ConnectionEdge],
         any_of: Sequence[str] | None = None,
     ) -> tuple[str, ...] | None:
-        """The values of `obj.`: for `pre.` / `post.`, those of the ends of the rule's targets."""
+        """The values of `obj.`: for `pre.` / `post.`, those that every end the rule is read
+        at has (each target's own end; both ends of an undirected coupling, which take
+        turns as `post`). With an unknown target, any population's values (no guess)."""
         if obj not in ("pre", "post"):
             return self._members(obj)
-        ends = list(any_of or ())
+        if any_of:
+            allowed: list[str] = []
+            for end in any_of:
+                allowed.extend(m for m in self._members(end) or () if m not in allowed)
+            return tuple(allowed) or ("s",)
+        ends = []
         for n in names:
             e = weights.get(n)
             if e is None:
@@ -417,7 +440,8 @@ class LearningMixin(BuilderBase):
                 ends += [e.pre, e.post]
             else:
                 ends.append(e.pre if obj == "pre" else e.post)
-        allowed: list[str] = []
+        common: list[str] | None = None
         for end in ends:
-            allowed.extend(m for m in self._members(end) or () if m not in allowed)
-        return tuple(allowed) or ("s",)
+            have = self._members(end) or ()
+            common = list(have) if common is None else [m for m in common if m in have]
+        return tuple(common or ()) or ("s",)

@@ -85,10 +85,14 @@ class EnergyFunctions:
         return {n: self.act[n](v) for n, v in s.items()}
 
     def _hoisted(self, e: ConnectionEdge, clamped) -> bool:
-        """Whether a hopfield coupling's term is folded into the clamped drives."""
+        """Whether a hopfield coupling's term is folded into the clamped drives: its drive
+        into a free `post` reads clamped populations only, or its `post` is clamped and the
+        operator is linear (its adjoint then carries ρ(post) to the free `pre`)."""
         if (e.pre in clamped) == (e.post in clamped):
             return False
-        return e.pre in clamped or self.wiring.linear[id(e)]
+        if e.post in clamped:
+            return self.wiring.linear[id(e)]
+        return self.wiring.reads(e) <= set(clamped)
 
     def drives(self, params: Mapping[str, Array], x: State) -> dict[str, dict[str, Array]]:
         """Loop-invariant inputs from clamped populations, per preset and target population."""
@@ -193,7 +197,7 @@ class Predictive:
         """The part of each μ_n that comes from clamped populations, plus b_n."""
         out: dict[str, Array] = {}
         for e in fns.edges:
-            if e.kind != "undirected" and e.pre in r:
+            if e.kind != "undirected" and e.post not in r and fns.wiring.reads(e) <= set(r):
                 _add(out, e.post, fns.wiring.drive(e, params, r))
         for n in fns.biased:
             _add(out, n, fns.wiring.bias(n, params))
@@ -203,8 +207,10 @@ class Predictive:
         W = fns.wiring
         mu: dict[str, Array] = dict(drives) if drives is not None else {}
         for e in fns.edges:
-            if e.kind == "undirected" or (drives is not None and e.pre not in s):
+            if e.kind == "undirected":
                 continue
+            if drives is not None and e.post not in x and W.reads(e) <= set(x):
+                continue  # in `drives`
             _add(mu, e.post, W.drive(e, params, r))
         if drives is None:
             for n in fns.biased:

@@ -20,7 +20,7 @@ _BINARY: dict[str, Callable[[Any, Any, Any], Any]] = {
     "+": lambda xp, a, b: a + b,
     "-": lambda xp, a, b: a - b,
     "*": lambda xp, a, b: a * b,
-    "/": lambda xp, a, b: a / b,
+    "/": lambda xp, a, b: xp.divide(a, b),  # never Python's ZeroDivisionError: inf or nan, as on arrays
     "^": lambda xp, a, b: a**b,
     "<": lambda xp, a, b: xp.where(a < b, 1.0, 0.0),
     "<=": lambda xp, a, b: xp.where(a <= b, 1.0, 0.0),

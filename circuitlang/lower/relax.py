@@ -85,6 +85,8 @@ class Relaxer:
         if self.prospective:  # the slow state follows ŭ; the circuit's output is ŭ itself
             u = self.prospective_state(params, x, s0, beta, y)
             return self._finish(u, x, jnp.asarray(phase.steps), jnp.asarray(OK))
+        if not s0:  # nothing is free (CHL's clamped phase of a circuit with only an output)
+            return self._finish({}, x, jnp.asarray(0), jnp.asarray(OK))
         drives = fns.drives(params, x)
         step = self._step(phase, params, x, drives, beta, y)
         if phase.tol is None:

@@ -81,10 +81,13 @@ class Wiring:
     def _forward(self, e: ConnectionEdge, w, v):
         return chain_apply(e.stages, w, v)
 
-    def _adjoint(self, e: ConnectionEdge, w, ct, at):
-        """The chain run backwards: the transpose of its linear map (at `at`, the
-        state the chain reads, when it is not linear)."""
-        point = jnp.zeros(at.shape, jnp.result_type(ct)) if self.linear[id(e)] else at.astype(jnp.result_type(ct))
+    def _adjoint(self, e: ConnectionEdge, w, ct, rates):
+        """The chain run backwards: the transpose of its linear map, or, when it is not
+        linear, its VJP at the state it reads (`rates[e.post]`)."""
+        if self.linear[id(e)]:
+            point = jnp.zeros((ct.shape[0], *internal(self.pops[e.post].shape)), jnp.result_type(ct))
+        else:
+            point = rates[e.post].astype(jnp.result_type(ct))
         _, vjp = jax.vjp(lambda v: self._forward(e, w, v), point)
         return vjp(ct)[0]
 
@@ -100,7 +103,7 @@ class Wiring:
         """What `e` delivers into `e.post` (batch, *compiled shape of post)."""
         w = self.array(e, params)
         if e.transposed:
-            return self._scale(e, self._adjoint(e, w, rates[e.pre], rates[e.post]))
+            return self._scale(e, self._adjoint(e, w, rates[e.pre], rates))
         return self._scale(e, self._forward(e, w, rates[e.pre]))
 
     def back(self, e: ConnectionEdge, params, rates: Mapping[str, Array], ct: Array) -> Array:
