@@ -79,4 +79,11 @@ def main(epochs: int = 10, batch: int = 32, repeats: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=20)
+    a = ap.parse_args()
+    main(a.epochs, a.batch, a.repeats)

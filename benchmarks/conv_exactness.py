@@ -26,6 +26,11 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", default=str(HERE / "results" / "conv_exactness.json"))
+    a = ap.parse_args()
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -80,7 +85,7 @@ def main() -> None:
         "max_abs_difference_free": max(float(np.max(np.abs(np.asarray(got[n]) - want[n]))) for n in model.free),
         "max_abs_difference_nudged": max(float(np.max(np.abs(np.asarray(got_b[n]) - want_b[n]))) for n in model.free),
     }
-    path = HERE / "results" / "conv_exactness.json"
+    path = Path(a.json)
     path.write_text(json.dumps({"command": "python benchmarks/conv_exactness.py", "results": out}, indent=1))
     for k, v in out.items():
         print(k, {a: b for a, b in v.items() if a != "per_weight_cosine"})
