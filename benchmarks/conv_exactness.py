@@ -34,11 +34,10 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
     import numpy as np
 
-    from tests import numpy_reference as ref
-    from tests.test_conv import CONV, FREE_MAX, circuit, cosine, data, flat, reference_net, scaled_params
+    from tests.test_conv import (CONV, FREE_MAX, circuit, cosine, data, finite_difference, flat, relaxations,
+                                 scaled_params)
 
     out: dict = {}
     for name, text in (("pool on the input", CONV), ("pool on a free layer", FREE_MAX)):
@@ -56,30 +55,15 @@ def main() -> None:
     model = circuit(steps=3000)
     params = scaled_params(model)
     x, y = data(model)
-    true = model.estimate(params, x, y, method="gradient")
-    rng = np.random.default_rng(5)
-    d = {k: rng.standard_normal(v.shape) for k, v in params.items()}
     eps = 1e-5
-    lp = float(model.loss({k: params[k] + eps * d[k] for k in params}, x, y))
-    lm = float(model.loss({k: params[k] - eps * d[k] for k in params}, x, y))
-    fd = (lp - lm) / (2 * eps)
-    directional = sum(float(np.sum(np.asarray(true[k]) * d[k])) for k in params)
+    fd, directional = finite_difference(model, params, x, y, eps)
     out["gradient vs finite differences"] = {"eps": eps, "finite_difference": fd, "gradient": directional,
                                              "relative_error": abs(fd - directional) / abs(fd)}
 
     model = circuit(steps=60)
     params = scaled_params(model)
     x, y = data(model)
-    xs = model.as_inputs(x)
-    net = reference_net(model)
-    p = {k: np.asarray(v) for k, v in params.items()}
-    s0 = {n: np.zeros((3, *model.shape_of(n))) for n in model.free}
-    xx = {"x": np.asarray(xs["x"])}
-    want = ref.op_euler(net, p, xx, s0, 0.25, 60)
-    got = model.relaxer.run(model.free_phase, params, xs, model.zeros(xs)).state
-    want_b = ref.op_euler(net, p, xx, want, 0.25, 60, beta=0.5, y=y, out="y")
-    got_b = model.relaxer.run(model.nudge_phase, params, xs, {n: got[n] for n in model.free}, 0.5,
-                              jnp.asarray(y)).state
+    (got, want), (got_b, want_b) = relaxations(model, params, x, y)
     out["NumPy reference simulator"] = {
         "steps": 60,
         "max_abs_difference_free": max(float(np.max(np.abs(np.asarray(got[n]) - want[n]))) for n in model.free),

@@ -32,7 +32,6 @@ rate 1, so the rule's own constants set the step). In a streaming phase
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 

@@ -95,24 +95,43 @@ def reference_net(model):
                      tuple(n for n, p in pops.items() if p.bias))
 
 
+def relaxations(model, params, x, y, steps=60, beta=0.5):
+    """(compiled, NumPy reference) free states, then nudged ones from there, by Euler steps."""
+    xs = model.as_inputs(x)
+    net = reference_net(model)
+    p = {k: np.asarray(v) for k, v in params.items()}
+    s0 = {n: np.zeros((len(x), *model.shape_of(n))) for n in model.free}
+    xx = {"x": np.asarray(xs["x"])}
+    want = ref.op_euler(net, p, xx, s0, 0.25, steps)
+    got = model.relaxer.run(model.free_phase, params, xs, model.zeros(xs)).state
+    want_b = ref.op_euler(net, p, xx, want, 0.25, steps, beta=beta, y=y, out="y")
+    got_b = model.relaxer.run(model.nudge_phase, params, xs, {n: got[n] for n in model.free}, beta,
+                              jnp.asarray(y)).state
+    return (got, want), (got_b, want_b)
+
+
+def finite_difference(model, params, x, y, eps=1e-5, seed=5):
+    """(central difference of the loss along a random direction d, ⟨gradient, d⟩)."""
+    true = model.estimate(params, x, y, method="gradient")
+    rng = np.random.default_rng(seed)
+    d = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    lp = float(model.loss({k: params[k] + eps * d[k] for k in params}, x, y))
+    lm = float(model.loss({k: params[k] - eps * d[k] for k in params}, x, y))
+    return (lp - lm) / (2 * eps), sum(float(np.sum(np.asarray(true[k]) * d[k])) for k in params)
+
+
 # ------------------------------------------------------------ exactness --
 def test_relaxation_matches_the_numpy_reference_simulator():
     model = circuit(steps=60)
     params = scaled_params(model)
     x, y = data(model)
     xs = model.as_inputs(x)
-    net = reference_net(model)
-    p = {k: np.asarray(v) for k, v in params.items()}
-    s0 = {n: np.zeros((3, *model.shape_of(n))) for n in model.free}
-    want = ref.op_euler(net, p, {"x": np.asarray(xs["x"])}, s0, 0.25, 60)
-    got = model.relaxer.run(model.free_phase, params, xs, model.zeros(xs)).state
+    (got, want), (got_b, want_b) = relaxations(model, params, x, y)
     for n in model.free:
         np.testing.assert_allclose(got[n], want[n], rtol=0, atol=1e-9)
-    # nudged, from the free state
-    want_b = ref.op_euler(net, p, {"x": np.asarray(xs["x"])}, want, 0.25, 60, beta=0.5, y=y, out="y")
-    got_b = model.relaxer.run(model.nudge_phase, params, xs, {n: got[n] for n in model.free}, 0.5, jnp.asarray(y)).state
-    for n in model.free:
-        np.testing.assert_allclose(got_b[n], want_b[n], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got_b[n], want_b[n], rtol=0, atol=1e-9)  # nudged, from the free state
+    net = reference_net(model)
+    p = {k: np.asarray(v) for k, v in params.items()}
     # the energy itself
     full = {**{"x": np.asarray(xs["x"])}, **want}
     E = model.fns.energy({n: jnp.asarray(want[n]) for n in model.free}, params, xs)
@@ -165,14 +184,7 @@ def test_the_true_gradient_matches_finite_differences_of_the_loss():
     model = circuit(steps=3000)
     params = scaled_params(model)
     x, y = data(model)
-    true = model.estimate(params, x, y, method="gradient")
-    rng = np.random.default_rng(5)
-    d = {k: rng.standard_normal(v.shape) for k, v in params.items()}
-    eps = 1e-5
-    lp = float(model.loss({k: params[k] + eps * d[k] for k in params}, x, y))
-    lm = float(model.loss({k: params[k] - eps * d[k] for k in params}, x, y))
-    fd = (lp - lm) / (2 * eps)
-    directional = sum(float(np.sum(np.asarray(true[k]) * d[k])) for k in params)
+    fd, directional = finite_difference(model, params, x, y)
     assert abs(fd - directional) <= 1e-6 * max(1.0, abs(fd)), (fd, directional)
 
 
