@@ -90,7 +90,7 @@ def _initial_mse(name: str, data: str) -> float:
 
     import circuitlang as cl
     from circuitlang.data import load
-    from circuitlang.train import evaluate
+    from circuitlang.training import evaluate
 
     model = cl.compile(cl.load(ROOT / "examples" / f"{name}.circ"))
     params = model.init(jax.random.fold_in(jax.random.key(0), 10**6))

@@ -41,7 +41,7 @@ def _analyse(path: str, data_spec: str, sets: list[str], run: Path, seed: int, p
     import numpy as np
 
     import circuitlang as cl
-    from circuitlang.train import load_params
+    from circuitlang.training import load_params
 
     overrides = dict(s.split("=", 1) for s in sets)
     model = cl.compile(cl.load(ROOT / path), overrides=overrides)

@@ -1,6 +1,6 @@
 """Per-epoch time of compiled .circ files against the hand-written JAX reference.
 
-Runs `../shared/bench/ep_ref.py train` and `circuitlang.train` on the same
+Runs `../shared/bench/ep_ref.py train` and `circuitlang.training` on the same
 settings, alternately, pinned to one core with XLA single-threaded (the
 second core of these machines is stolen in bursts: compare ratios measured
 side by side, not absolute times). Compilation is excluded on both sides
@@ -34,7 +34,7 @@ OURS = r"""
 import json, sys
 import circuitlang as cl
 from circuitlang.data import load
-from circuitlang.train import train
+from circuitlang.training import train
 path, data, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 overrides = json.loads(sys.argv[4])
 d = load(data)

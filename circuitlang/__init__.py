@@ -19,7 +19,7 @@ from .source import Span
 
 __version__ = "0.1.0"
 
-_LAZY = {"compile": "model", "Model": "model", "train": "train", "evaluate": "train", "load_data": "data"}
+_LAZY = {"compile": "model", "Model": "model", "train": "training", "evaluate": "training", "load_data": "data"}
 
 
 def __getattr__(name: str):

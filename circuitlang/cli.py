@@ -272,7 +272,7 @@ def _data(spec: str):
 
 
 def _train(args) -> int:
-    from .train import train
+    from .training import train
 
     model = _model(args)
     data = _data(args.data)
@@ -289,7 +289,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .train import evaluate, load_params
+    from .training import evaluate, load_params
 
     model = _model(args)
     params = load_params(args.params, model)
@@ -309,7 +309,7 @@ def _samples(model, data, k: int):
 def _params(model, args, dtype=None):
     import jax
 
-    from .train import load_params
+    from .training import load_params
 
     if args.params:
         return load_params(args.params, model)

@@ -26,6 +26,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from . import primitives as P
 from . import syntax as S
 from .errors import Diagnostic
 from .layout import describe
@@ -127,7 +128,7 @@ def rule_problems(learning, pops: Mapping[str, Any], weights: Mapping[str, Any],
         active = any(r.always or not r.phases or ph.name in r.phases for r in learning.rules)
         if not active:
             continue
-        if ph.integrator != "euler":
+        if "trajectory" not in P.INTEGRATORS[ph.integrator].provides:
             problems.append(Diagnostic(f"phase `{ph.name}`: local rules are integrated along Euler steps",
                                        ph.span, "remove `integrator ...` from this phase"))
         if ph.forward:

@@ -32,18 +32,13 @@ import jax.numpy as jnp
 
 from . import primitives as P
 
-__all__ = ["estimate", "estimate_with_state", "check_method"]
-
-
-def check_method(model, method: str) -> None:
-    """Raise the checker's located error when `method` cannot work on this circuit."""
-    model.check_estimator(method)
-
+__all__ = ["estimate", "estimate_with_state"]
 
 # ------------------------------------------------------------------- helpers --
 def _rate_form(model) -> bool:
-    """The prototypical integrator reads free states as rates: E then drops its ½|s|²."""
-    return model.free_phase.integrator == "prototypical"
+    """Whether the free phase's integrator reads the states as rates (the prototypical
+    step): E is then differentiated without its ½|s|²."""
+    return "states_are_rates" in P.INTEGRATORS[model.free_phase.integrator].provides
 
 
 def _contrast(model, params, a, b, x, s0, xa=None):

@@ -40,7 +40,7 @@ def _schedule(spec: OptimizerSpec | None, lr: float, total_steps: int):
 
 
 def sgd(rate, settings: Mapping[str, object]) -> optax.GradientTransformation:
-    """`OPTIMIZERS["sgd"]`: optax SGD, heavy-ball or Nesterov momentum, decoupled weight decay."""
+    """`OPTIMIZERS["sgd"]`: optax SGD, heavy-ball or Nesterov momentum, L2 weight decay added to the gradient."""
     momentum = settings.get("momentum") or None
     out = optax.sgd(rate, momentum=momentum, nesterov=bool(settings.get("nesterov", False)))
     decay = settings.get("weight_decay", 0.0)

@@ -155,7 +155,9 @@ class Setting:
       * ``flag``: no value (`forward`)
       * ``int`` / ``number``: a constant expression; `minimum` and
         `exclusive` bound it
-      * ``choice``: one of `choices`, written as a bare name
+      * ``choice``: one of `choices`, written as a bare name; with `registry`,
+        the names of that table of this module (read when checked, so a new
+        entry is a new choice)
       * ``per_weight``: a number, and/or `W1=0.1, h.bias=0.2` overrides
     """
 
@@ -164,8 +166,15 @@ class Setting:
     doc: str
     minimum: float | None = None
     exclusive: bool = False
-    choices: tuple[str, ...] = ()
+    fixed_choices: tuple[str, ...] = ()
     options: tuple[str, ...] = ()  # allowed `k=v` after the value
+    registry: str = ""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self.registry:
+            return tuple(globals()[self.registry])
+        return self.fixed_choices
 
 
 def _settings(*items: Setting) -> Mapping[str, Setting]:
@@ -189,7 +198,7 @@ class Kind:
     paper: str = ""
     needs: tuple[str, ...] = ()
     impl: str = ""
-    provides: tuple[str, ...] = ()  # what it offers what others need (an energy's `rate_form`)
+    provides: tuple[str, ...] = ()  # what it offers: the couplings an energy gives meaning to, ...
     settings: Mapping[str, "Setting"] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
 
     def load(self) -> Any:
@@ -208,16 +217,16 @@ ENERGIES = _kinds(
     Kind("hopfield",
          "E = sum_n 1/2|s_n|^2 - sum_(a--b) <rho(s_a), P(W * rho(s_b))> - sum_n b_n^T rho(s_n)",
          "Scellier & Bengio 2017; Laborieux et al. 2021 (convolutions)",
-         needs=("undirected",), impl="circuitlang.lower.energy:HOPFIELD", provides=("rate_form",)),
+         impl="circuitlang.lower.energy:HOPFIELD", provides=("undirected", "rate_form")),
     Kind("predictive", "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) P(W * rho(s_a)) + b_n",
-         "Whittington & Bogacz 2017", needs=("directed",), impl="circuitlang.lower.energy:PREDICTIVE"),
+         "Whittington & Bogacz 2017", impl="circuitlang.lower.energy:PREDICTIVE", provides=("directed", "one_to_one")),
 )
 
 # How the states evolve: the gradient flow of an energy, a named vector field, or the
 # cell types' own equations. Only the `DYNAMICS` names are written in files (`dynamics leaky`).
 DYNAMICS = _kinds(
     Kind("leaky", "tau ds/dt = -s + sum_in P(W * rho(pre)) + b - beta dC/ds", "Scellier et al. 2018",
-         needs=("directed",), impl="circuitlang.lower.vectorfield:VectorFieldFunctions"),
+         impl="circuitlang.lower.vectorfield:VectorFieldFunctions", provides=("directed", "one_to_one")),
 )
 LOWERINGS = _kinds(
     Kind("energy", "ds/dt = -dE/ds - beta dC/ds (gradient flow)", impl="circuitlang.lower.energy:EnergyFunctions"),
@@ -259,13 +268,15 @@ ESTIMATORS = _kinds(
 )
 
 # needs: `energy` (the step differentiates an energy), `rate_form` (the energy is
-# 1/2|s|^2 + E(rho(s)), like hopfield, so states can be read as rates)
+# 1/2|s|^2 + E(rho(s)), like hopfield, so states can be read as rates). provides:
+# `trajectory` (Euler steps local rules integrate along), `states_are_rates` (the
+# free states are rates: estimators then differentiate E without its 1/2|s|^2)
 INTEGRATORS = _kinds(
     Kind("euler", "s <- s - dt (dE/ds + beta dC/ds), or s <- s + dt ds/dt", "Scellier & Bengio 2017",
-         impl="circuitlang.lower.relax:euler_step"),
+         impl="circuitlang.lower.relax:euler_step", provides=("trajectory",)),
     Kind("prototypical", "s <- (1 - dt) s + dt rho(-dPhi/dr), states read as rates",
          "Ernoult et al. 2019; Laborieux et al. 2021", needs=("energy", "rate_form"),
-         impl="circuitlang.lower.relax:prototypical_step"),
+         impl="circuitlang.lower.relax:prototypical_step", provides=("states_are_rates",)),
 )
 
 PHASE_SETTINGS = _settings(
@@ -275,12 +286,13 @@ PHASE_SETTINGS = _settings(
     Setting("forward", "flag", "exact one-pass fixed point of a feed-forward (DAG) circuit"),
     Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1),
     Setting("tol", "number", "stop early once max |s_t - s_(t-1)| < tol", minimum=0, exclusive=True),
-    Setting("integrator", "choice", "how a step is taken", choices=tuple(INTEGRATORS)),
-    Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)", choices=("output",)),
+    Setting("integrator", "choice", "how a step is taken", registry="INTEGRATORS"),
+    Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)",
+            fixed_choices=("output",)),
 )
 
 LEARN_SETTINGS = _settings(
-    Setting("estimator", "choice", "how the gradient is estimated", choices=tuple(ESTIMATORS), options=("points",)),
+    Setting("estimator", "choice", "how the gradient is estimated", registry="ESTIMATORS", options=("points",)),
     Setting("batch", "int", "examples per update", minimum=1),
     Setting("prospective", "flag", "rates look ahead: rho(s + tau ds/dt) (latent equilibrium)"),
     Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1),
@@ -288,16 +300,18 @@ LEARN_SETTINGS = _settings(
             "ended (Scellier & Bengio 2017)"),
 )
 
-_SCHEDULE = Setting("schedule", "choice", "learning-rate schedule", choices=("constant", "cosine"), options=("warmup",))
+_SCHEDULE = Setting("schedule", "choice", "learning-rate schedule", fixed_choices=("constant", "cosine"),
+                    options=("warmup",))
 _LR = Setting("lr", "per_weight", "learning rate (per weight: `lr W1=0.1, W2=0.05`)", minimum=0)
 
 OPTIMIZERS = _kinds(
-    Kind("sgd", "stochastic gradient descent, with momentum and decoupled weight decay", impl="circuitlang.optim:sgd",
+    Kind("sgd", "stochastic gradient descent, with momentum and L2 weight decay", impl="circuitlang.optim:sgd",
          settings=_settings(
              _LR,
              Setting("momentum", "number", "heavy-ball momentum", minimum=0),
              Setting("nesterov", "flag", "Nesterov momentum"),
-             Setting("weight_decay", "number", "decoupled L2 weight decay", minimum=0),
+             Setting("weight_decay", "number", "L2 weight decay, added to the gradient before momentum "
+                     "(as PyTorch's SGD does)", minimum=0),
              _SCHEDULE,
          )),
     Kind("adam", "Adam (AdamW with weight_decay)", "Kingma & Ba 2015", impl="circuitlang.optim:adam",

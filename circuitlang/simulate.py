@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import CircuitError
 from .model import Model
-from .train import _atomic_write, _npz_bytes
+from .training import _atomic_write, _npz_bytes
 
 __all__ = ["simulate", "CONVERGED"]
 

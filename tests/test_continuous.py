@@ -89,7 +89,7 @@ def test_prospective_errors_are_backprop_deltas():
 
 def test_streaming_changes_weights_every_step_and_learns():
     from circuitlang.data import synthetic
-    from circuitlang.train import train
+    from circuitlang.training import train
 
     src = SMALL.replace("[6] input", "[20] input").replace("[3] output", "[2] output")
     model = cl.compile(cl.loads(src, "s.circ"))

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import circuitlang as cl
-from circuitlang.train import evaluate, train
+from circuitlang.training import evaluate, train
 
 from .conftest import ROOT
 

@@ -270,7 +270,7 @@ def test_rules_estimator_needs_rules():
 # -------------------------------------------------------------- training --
 def test_stdp_example_learns_digits_quickly(tmp_path):
     from circuitlang.data import load
-    from circuitlang.train import train
+    from circuitlang.training import train
 
     with jax.enable_x64(False):  # training as users run it, in float32
         model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))

@@ -25,7 +25,7 @@ import circuitlang as cl
 from circuitlang.data import load as load_data
 from circuitlang.errors import CircuitError
 from circuitlang.optim import make_optimizer
-from circuitlang.train import load_params, train
+from circuitlang.training import load_params, train
 
 from .conftest import ROOT
 
@@ -59,7 +59,7 @@ import jax
 import circuitlang as cl
 from circuitlang.cli import main
 from circuitlang.data import load
-from circuitlang.train import train
+from circuitlang.training import train
 
 tiny, sgd_fixed, out, lr = sys.argv[1:5]
 data = load("digits")

@@ -21,7 +21,7 @@ import pytest
 import circuitlang as cl
 from circuitlang.data import load as load_data
 from circuitlang.optim import make_optimizer
-from circuitlang.train import train
+from circuitlang.training import train
 
 from .conftest import ROOT
 

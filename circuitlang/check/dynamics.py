@@ -153,9 +153,11 @@ class DynamicsMixin(BuilderBase):
         """Each connection must mean something under the chosen dynamics."""
         if self.unknown_dynamics:
             return  # which connections fit is unknown until the name is fixed
-        presets = set(energy.presets) if energy else set()
+        presets = list(energy.presets) if energy else []
         custom = bool(energy and energy.terms)
         typed = any(p.cell_type for p in self.pops.values())
+        # what each preset gives a meaning to (`Kind.provides` of `ENERGIES`)
+        meant = {kind for p in presets for kind in P.ENERGIES[p].provides}
         for e in self.edges:
             if e.kind == "undirected":
                 if energy is None:
@@ -164,13 +166,13 @@ class DynamicsMixin(BuilderBase):
                         e.span,
                         "add `energy hopfield`, or use `->` for a directed connection",
                     )
-                elif not custom and "hopfield" not in presets:
+                elif not custom and e.kind not in meant:
                     self.error(
                         f"the `{', '.join(presets)}` energy has no term for undirected couplings like `{e.weight}`",
                         e.span,
                         "use `->` (a prediction) with `energy predictive`, or `energy hopfield`",
                     )
-            elif e.kind in ("directed", "one_to_one") and energy is not None and not custom and "predictive" not in presets:
+            elif energy is not None and not custom and e.kind not in meant:
                 self.error(
                     f"the directed connection `{e.weight or e.pre + ' => ' + e.post}` has no term in the `{', '.join(presets)}` energy",
                     e.span,

@@ -296,7 +296,7 @@ class LearningMixin(BuilderBase):
                 "EqProp starts from the free fixed point: put the nudged phase second",
             )
         nudged = [p for p in phases[1:] if p.beta != 0]
-        if estimator in ("one_sided", "random_sign", "symmetric", "holomorphic") and not nudged:
+        if estimator in P.ESTIMATORS and "nudge" in P.ESTIMATORS[estimator].needs and not nudged:
             written = isinstance(where, S.Attr)
             self.error(
                 f"estimator `{estimator}` needs a nudged phase, but no phase after the first sets `beta`"
