@@ -397,3 +397,63 @@ learn eqprop { phase free { steps 600; dt 0.1 }; phase nudge { steps 5; dt 0.1; 
     s = model.relax(params, x)
     compiled = x.reshape(2, 2, 2, 3).transpose(0, 2, 3, 1).reshape(2, 12)  # (H, W, C) order
     np.testing.assert_allclose(s["y"], compiled @ np.asarray(params["W"]).T, atol=1e-6)
+
+
+CELLS = """
+neuron pyr { compartment basal, apical; ds/dt = -s + basal + apical }
+population x [1, 6, 6] input
+population h : pyr [2, 6, 6]
+population g [2, 6, 6]
+population y [3] output
+x -> h.basal : K conv(3, padding=1)
+h -> g : K2 conv(3, padding=1)
+g -> h.apical : K3 conv(3, padding=1) fixed init=normal(0.1)
+h -> y : W
+cost y squared
+learn rules {
+  phase free  { steps 30; dt 0.2 }
+  phase nudge { steps 30; dt 0.2; beta 0.5 }
+  during nudge for K: dA/dt = post.apical * pre.rate
+  during nudge: dW/dt = (post.target - post.s) * pre.rate
+}
+"""
+
+
+def test_convolutions_into_cell_compartments_with_local_rules():
+    """A kernel feeding a compartment of shaped cells, a fixed feedback kernel into the
+    apical one, and a rule on the kernel reading the apical compartment."""
+    model = cl.compile(cl.loads(CELLS))
+    assert model.lowering == "cells"
+    params = model.init(jax.random.key(0), jnp.float64)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 36))
+    y = np.eye(3)[[0, 2]]
+    g = model.estimate(params, x, y)
+    assert set(g) == {"K", "K2", "K3", "W"}
+    assert np.any(np.asarray(g["K"]) != 0) and np.all(np.asarray(g["K3"]) == 0)
+    assert np.all(np.asarray(g["K2"]) == 0)  # no rule for K2
+    # the apical compartment sees the fixed feedback kernel applied to g's rates
+    s = model.relax_result(params, x).state
+    seen = model.fns.force({k: s[k] for k in model.state_keys}, params, model.as_inputs(x), observe=True)[1]
+    want = chain_apply(model.circuit.weights["K3"].stages, params["K3"], s["g"])
+    np.testing.assert_allclose(seen["h"]["apical"], want, atol=1e-12)
+
+
+def test_a_kernel_shared_by_two_connections():
+    """`= K` evaluates one kernel on two connections whose ends have the same shapes."""
+    text = """
+population x [1, 5, 5] input
+population a [2, 5, 5]
+population b [1, 5, 5]
+population c [2, 5, 5]
+population y [2] output
+x -> a : K conv(3, padding=1)
+b -> c : K2 = K
+a -> y : W
+dynamics leaky
+cost y squared
+"""
+    model = cl.compile(cl.loads(text))
+    assert "K2" not in model.shapes and model.circuit.weights["K2"].stages == model.circuit.weights["K"].stages
+    with pytest.raises(cl.CircuitError, match="shape mismatch"):
+        cl.loads(text.replace("population b [1, 5, 5]", "population b [2, 5, 5]"))
