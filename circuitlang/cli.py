@@ -302,6 +302,9 @@ def _evaluate(args) -> int:
 def _samples(model, data, k: int):
     import jax.numpy as jnp
 
+    from .training import check_sizes
+
+    check_sizes(model, data)
     k = max(1, min(k, len(data.x_test)))
     return jnp.asarray(data.x_test[:k]), jnp.asarray(data.targets(data.y_test[:k]).astype("float32"))
 

@@ -227,7 +227,7 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     y = getattr(data, f"y_{split}")
     classify = data.n_classes is not None
     labels = y if classify else np.zeros(len(X), np.int32)
-    _check_sizes(model, data)
+    check_sizes(model, data)
     fn = _make_eval(model, len(X), chunk, classify)
     loss, acc, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
     out = {"loss": float(loss)}
@@ -281,7 +281,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
         raise CircuitError(f"batch {batch} is larger than the training set ({n} examples)")
     if batch % max(devices, 1):
         raise CircuitError(f"batch {batch} does not split evenly over {devices} devices")
-    _check_sizes(model, data)
+    check_sizes(model, data)
     if augment and len(model.fns.pops[model.inputs[0]].shape) != 3:
         raise CircuitError(
             f"--augment {','.join(augment)} shifts and flips images, but the input `{model.inputs[0]}` is "
@@ -368,7 +368,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     return TrainResult(params, history, out_dir)
 
 
-def _check_sizes(model: Model, data) -> None:
+def check_sizes(model: Model, data) -> None:
     """The data fit the circuit: the input's shape (or, for flat data, its size), and the targets."""
     (inp,) = model.inputs[:1] or ("",)
     pops = model.fns.pops
@@ -383,6 +383,8 @@ def _check_sizes(model: Model, data) -> None:
             what = f"images {describe(given)} (channels, height, width)" if len(given) > 1 else f"{given[0]} inputs"
             if math.prod(given) == pops[inp].size:
                 fix = f"give it the data's shape (`population {inp} {describe(given)} input`)"
+            elif len(shape) == 1:
+                fix = f"resize it (`population {inp} [{math.prod(given)}] input`) or pick other data"
             else:
                 fix = f"resize it (`population {inp} {describe(given)} input`) or pick other data"
             raise CircuitError(
