@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from . import primitives as P
 
-__all__ = ["estimate", "estimate_with_state"]
+__all__ = ["estimate", "estimate_with_state", "estimate_with_info"]
 
 # ------------------------------------------------------------------- helpers --
 def _rate_form(model) -> bool:
@@ -82,8 +82,14 @@ def _batch(x) -> int:
 
 
 def _nudge(model, params, x, s_free, beta, y):
+    """The nudged relaxation from the free state (a `Relaxation`)."""
     free = {n: s_free[n] for n in model.state_keys}
-    return model.relaxer.run(model.nudge_phase, params, x, free, beta, y).state
+    return model.relaxer.run(model.nudge_phase, params, x, free, beta, y)
+
+
+def _report(res):
+    """A relaxation without its state: what `info` carries (steps, code, residual)."""
+    return dataclasses.replace(res, state={})
 
 
 def _beta(model, beta):
@@ -103,15 +109,26 @@ def estimate(model, params, x, y, method, beta=None, key=None, s0=None) -> dict[
 
 def estimate_with_state(model, params, x, y, method, beta=None, key=None, s0=None):
     """(gradient estimate, free-phase state): training reports loss and accuracy from the latter."""
-    return P.ESTIMATORS[method].load()(model, params, x, y, beta, key, s0)
+    return estimate_with_info(model, params, x, y, method, beta, key, s0)[:2]
+
+
+def estimate_with_info(model, params, x, y, method, beta=None, key=None, s0=None):
+    """(gradient estimate, free-phase state, info): `info` maps each relaxation the
+    estimate used (`free`, `nudge`, `nudge+`/`nudge-`, `nudge@k`, `clamp`, or the
+    phases of local rules) to its `Relaxation` without the state: steps, result code
+    and per-example residual. An estimator entry may return just (estimate, state)."""
+    out = P.ESTIMATORS[method].load()(model, params, x, y, beta, key, s0)
+    return (*out, {}) if len(out) == 2 else tuple(out)
 
 
 # ---------------------------------------------------------------- estimators --
 def one_sided(model, params, x, y, beta, key, s0):
-    free = model._free(params, x, s0).state
+    res = model._free(params, x, s0)
+    free = res.state
     beta = _beta(model, beta)
     nudged = _nudge(model, params, x, free, beta, y)
-    return _finish(model, _contrast(model, params, nudged, free, x, free), 1.0 / (beta * _batch(x))), free
+    g = _contrast(model, params, nudged.state, free, x, free)
+    return _finish(model, g, 1.0 / (beta * _batch(x))), free, {"free": _report(res), "nudge": _report(nudged)}
 
 
 def random_sign(model, params, x, y, beta, key, s0):
@@ -121,18 +138,23 @@ def random_sign(model, params, x, y, beta, key, s0):
 
 
 def symmetric(model, params, x, y, beta, key, s0):
-    free = model._free(params, x, s0).state
+    res = model._free(params, x, s0)
+    free = res.state
     beta = _beta(model, beta)
     plus = _nudge(model, params, x, free, beta, y)
     minus = _nudge(model, params, x, free, -beta, y)
-    return _finish(model, _contrast(model, params, plus, minus, x, free), 1.0 / (2.0 * beta * _batch(x))), free
+    g = _contrast(model, params, plus.state, minus.state, x, free)
+    info = {"free": _report(res), "nudge+": _report(plus), "nudge-": _report(minus)}
+    return _finish(model, g, 1.0 / (2.0 * beta * _batch(x))), free, info
 
 
 def holomorphic(model, params, x, y, beta, key, s0):
     n = _points(model)
     if n == 2:
         return symmetric(model, params, x, y, beta, key, s0)
-    free = model._free(params, x, s0).state
+    res = model._free(params, x, s0)
+    free = res.state
+    info = {"free": _report(res)}
     beta = _beta(model, beta)
     ctype = jnp.result_type(jnp.zeros(()).dtype, jnp.complex64)
     cparams = {k: v.astype(ctype) for k, v in params.items()}
@@ -143,7 +165,9 @@ def holomorphic(model, params, x, y, beta, key, s0):
     total = None
     for k in range(n):
         w = jnp.exp(2j * jnp.pi * k / n)
-        s = model.relaxer.run(model.nudge_phase, cparams, cx, cfree, beta * w, cy).state
+        rk = model.relaxer.run(model.nudge_phase, cparams, cx, cfree, beta * w, cy)
+        info[f"nudge@{k}"] = _report(rk)
+        s = rk.state
         fs = {m: s[m] for m in model.free}
         g = jax.grad(
             lambda p: model.fns.energy(fs, p, cx, None, leak=not rate, rates_are_states=rate),
@@ -152,17 +176,19 @@ def holomorphic(model, params, x, y, beta, key, s0):
         term = {m: v / w for m, v in g.items()}
         total = term if total is None else {m: total[m] + term[m] for m in total}
     real = {m: jnp.real(v).astype(params[m].dtype) for m, v in total.items()}
-    return _finish(model, real, 1.0 / (n * beta * _batch(x))), free
+    return _finish(model, real, 1.0 / (n * beta * _batch(x))), free, info
 
 
 def chl(model, params, x, y, beta, key, s0):
-    free = model._free(params, x, s0).state
+    res = model._free(params, x, s0)
+    free = res.state
     out = [c.population for c in model.spec.costs]
     target = y if isinstance(y, dict) else {out[0]: y}
     xc = {**x, **{n: target[n] for n in out}}
     free_c = {n: free[n] for n in model.free if n not in out}
-    clamped = model.relaxer.run(model.clamp_phase, params, xc, free_c).state
-    return _finish(model, _contrast(model, params, clamped, free, x, free, xa=xc), 1.0 / _batch(x)), free
+    rc = model.relaxer.run(model.clamp_phase, params, xc, free_c)
+    g = _contrast(model, params, rc.state, free, x, free, xa=xc)
+    return _finish(model, g, 1.0 / _batch(x)), free, {"free": _report(res), "clamp": _report(rc)}
 
 
 def rules(model, params, x, y, beta, key, s0):
@@ -173,6 +199,7 @@ def rules(model, params, x, y, beta, key, s0):
     s = model.zeros(x) if s0 is None else dict(s0)
     total = {k: jnp.zeros_like(v) for k, v in params.items()}
     first = None
+    info = {}
     for ph in model.learning.phases:
         b = ph.beta if ph.beta != 0 else None
         if b is not None and beta is not None:
@@ -185,9 +212,10 @@ def rules(model, params, x, y, beta, key, s0):
         else:
             res = model.relaxer.run(ph, params, x, s, b, y)
         s = {k: res.state[k] for k in model.state_keys}
+        info[ph.name] = _report(res)
         if first is None:
             first = res.state
-    return _finish(model, {k: -v for k, v in total.items()}, 1.0), first
+    return _finish(model, {k: -v for k, v in total.items()}, 1.0), first, info
 
 
 def bptt(model, params, x, y, beta, key, s0):
@@ -196,17 +224,19 @@ def bptt(model, params, x, y, beta, key, s0):
         phase = dataclasses.replace(phase, tol=None)
 
     def loss(p):
-        st = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0).state
-        return model.fns.cost({n: st[n] for n in model.free}, y), st
+        res = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0)
+        st = res.state
+        return model.fns.cost({n: st[n] for n in model.free}, y), (st, _report(res))
 
-    g, free = jax.grad(loss, has_aux=True)(params)
-    return _finish(model, g, 1.0 / _batch(x)), free
+    g, (free, res) = jax.grad(loss, has_aux=True)(params)
+    return _finish(model, g, 1.0 / _batch(x)), free, {"free": res}
 
 
 def gradient(model, params, x, y, beta, key, s0):
     """dL/dθ = −(∂G/∂θ)ᵀ λ with (∂G/∂u)ᵀ λ = ∂C/∂u at the free fixed point u, solved
     densely per example (states of every shape flattened into one vector)."""
-    free = model._free(params, x, s0).state
+    res = model._free(params, x, s0)
+    free = res.state
     fns = model.fns
     names = model.state_keys
     u = {n: free[n] for n in names}
@@ -238,7 +268,7 @@ def gradient(model, params, x, y, beta, key, s0):
         return sum(jnp.sum(G[n] * lam_d[n]) for n in names)
 
     g = jax.grad(inner)(params)
-    return _finish(model, {k: -v for k, v in g.items()}, 1.0 / _batch(x)), free
+    return _finish(model, {k: -v for k, v in g.items()}, 1.0 / _batch(x)), free, {"free": _report(res)}
 
 
 def _residual(model, params, x, u):

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import learning
 from . import primitives as P
@@ -197,10 +198,17 @@ class Model:
             self._jit[name] = jax.jit(fn, **kw)
         return self._jit[name]
 
-    def relax(self, params, x, s0=None) -> dict[str, Array]:
+    def relax(self, params, x, s0=None, info: bool = False):
         """The free fixed point: {population: (batch, *shape as written)} for every population
-        (`s0`, if given, in the compiled layout, as `relax_result(...).state` is)."""
-        return self.to_written(self._jitted("relax", self._relax)(params, x, s0))
+        (`s0`, if given, in the compiled layout, as `relax_result(...).state` is).
+
+        With `info=True`, returns (state, relaxation): the free phase's `Relaxation`
+        without its state (steps, result code, per-example `residual`;
+        `relaxation.converged(model.free_phase)` says which examples converged)."""
+        if not info:
+            return self.to_written(self._jitted("relax", self._relax)(params, x, s0))
+        res = self._jitted("relax:info", lambda p, x, s0: self._free(p, self.as_inputs(x), s0))(params, x, s0)
+        return self.to_written(res.state), dataclasses.replace(res, state={})
 
     def relax_result(self, params, x, s0=None, phase: str | None = None, layout: str = "written") -> Relaxation:
         """The free phase (or `phase`) with its steps used and result code; raises on failure.
@@ -221,12 +229,17 @@ class Model:
         return self._jitted("predict", self._predict)(params, x, s0)
 
     def estimate(self, params, x, y, method: str | None = None, beta: float | None = None,
-                 key: Array | None = None, s0=None) -> dict[str, Array]:
+                 key: Array | None = None, s0=None, info: bool = False):
         """An estimate of dLoss/dparams, shaped like `params` (optax convention).
 
         `method`: one_sided, random_sign, symmetric, holomorphic, chl,
         gradient (implicit differentiation), bptt, or rules (the file's local
         rules: minus their total update); default: the file's.
+
+        With `info=True`, returns (estimate, info): `info` maps each relaxation the
+        estimate used (`free`, `nudge`, `nudge+`, `nudge-`, `clamp`, ...) to its
+        `Relaxation` without the state (steps, code, per-example `residual`), so a
+        caller can tell an estimate from unconverged phases (`converged_phases`).
         """
         method = method or self.method
         if method != self.method:
@@ -235,9 +248,31 @@ class Model:
             key = jax.random.key(0)
         fn = self._jitted(
             f"estimate:{method}",
-            lambda p, x, y, b, k, s0: self._estimate(p, x, y, method, b, k, s0),
+            lambda p, x, y, b, k, s0: learning.estimate_with_info(self, p, self.as_inputs(x), y, method, b, k, s0),
         )
-        return fn(params, x, y, beta, key, s0)
+        g, _, relaxations = fn(params, x, y, beta, key, s0)
+        return (g, relaxations) if info else g
+
+    def phase_of(self, label: str) -> PhaseSpec:
+        """The phase behind a label of `estimate(..., info=True)` (`nudge+` → the nudged phase)."""
+        if label in self.phases:
+            return self.phases[label]
+        if label == "free":
+            return self.free_phase
+        if label == "clamp":
+            return self.clamp_phase
+        return self.nudge_phase
+
+    def unconverged(self, relaxations: Mapping[str, Relaxation]) -> dict[str, tuple[float, float]]:
+        """{label: (fraction of examples not converged, largest residual)} for every
+        relaxation of `estimate(..., info=True)` that did not converge everywhere."""
+        out = {}
+        for label, r in relaxations.items():
+            ok = np.asarray(r.converged(self.phase_of(label)))
+            if not ok.all():
+                res = np.asarray(r.residual, dtype=float)
+                out[label] = (float(1 - ok.mean()), float(np.nanmax(res)) if np.isfinite(res).any() else float("nan"))
+        return out
 
 
 def lowering_of(circ: Circuit) -> str:

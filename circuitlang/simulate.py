@@ -3,8 +3,11 @@
 Writes ``traces.npz`` (``PHASE/POP``: steps × samples × neurons — × the
 population's shape as written, (C, H, W), for a shaped one — and
 ``PHASE/energy``: steps × samples) and ``traces.png`` (the recorded states
-and the energy over time, one column per phase), and reports per phase
-whether the state converged (largest change in the last step).
+and the energy over time, one column per phase), and reports per phase and
+population the residual (`lower/relax.py`: max |s_T − s_(T−1)| / dt, the
+speed of the state at the end of the phase, which does not depend on dt)
+and whether the phase converged: every sample's residual below the phase's
+`tol`, or below `relax.DEFAULT_TOL` for a phase of fixed steps.
 
 Besides populations, ``--record`` takes a cell's other state variables
 (``h.a``) and compartments (``s1.apical``: the summed drive into it at each
@@ -22,18 +25,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import CircuitError
+from .lower.relax import tolerance
 from .model import Model
 from .training import _atomic_write, _npz_bytes
 
-__all__ = ["simulate", "CONVERGED"]
-
-CONVERGED = 1e-4  # max |Δs| in the last step, when the phase has no `tol`
+__all__ = ["simulate"]
 
 
 def simulate(model: Model, params, x, y=None, record: list[str] | None = None, out: str | Path | None = None):
     """Run every phase in order (nudged phases start from the free phase's end).
 
-    Returns {phase: {"states": {...}, "energy": array, "delta": float, "converged": bool}}.
+    Returns {phase: {"states": {...}, "energy": array, "residual": float (largest over
+    the samples), "residuals": {population: float}, "tol": float, "converged": bool,
+    "finite": bool, "nonfinite": [populations whose state became NaN or inf]}}.
     """
     comps = _compartments(model)
     record = record or [*model.free, *comps]
@@ -61,16 +65,25 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
         last = {n: states[n][-1] for n in model.state_keys}
         if free_end is None:
             free_end = last
-        delta = max(float(jnp.max(jnp.abs(states[n][-1] - states[n][-2]))) for n in model.free) if len(energy) > 1 else 0.0
-        tol = phase.tol or CONVERGED
+        exact = phase.forward or model.relaxer.prospective or len(energy) < 2
+        residuals = {
+            n: 0.0 if exact else float(jnp.max(jnp.abs(states[n][-1] - states[n][-2]))) / phase.dt
+            for n in model.free
+        }
+        residual = max(residuals.values(), default=0.0)
+        tol = tolerance(phase)
+        nonfinite = [n for n in model.free if not np.isfinite(np.asarray(states[n])).all()]
         written = model.to_written({n: states[n] for n in record if n in states}, lead=2)
         clamped = model.to_written({n: xs[n] for n in record if n not in states})
         results[phase.name] = {
             "states": {n: np.asarray(written[n]) if n in written else np.asarray(clamped[n]) for n in record},
             "energy": np.asarray(energy),
-            "delta": delta,
-            "converged": bool(phase.forward or delta < tol),
-            "finite": bool(all(np.isfinite(np.asarray(states[n])).all() for n in model.free)),
+            "residual": residual,
+            "residuals": residuals,
+            "tol": tol,
+            "converged": bool(residual < tol),
+            "finite": not nonfinite,
+            "nonfinite": nonfinite,
         }
     if out is not None:
         _write(results, Path(out), energy=not getattr(model.fns, "vector_field", False))
