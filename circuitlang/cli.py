@@ -65,6 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", default="", metavar="OPS",
                    help="random augmentation of image batches: crop (pad 4, random crop), flip; e.g. crop,flip")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--health", choices=("warn", "error", "ignore"),
+                   help="when phases do not converge, outputs collapse or a population saturates: warn "
+                        "(default, once each), stop with exit 1, or ignore (= --set learn.health=...)")
     with_settings(t)
 
     ev = sub.add_parser("evaluate", help="evaluate trained parameters")
@@ -111,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `circuitc` with `argv` (default: `sys.argv[1:]`); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _show_warnings()
     try:
         args = _build_parser().parse_args(argv)
         if args.command is None:
@@ -141,6 +145,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"circuitc: internal error: {type(exc).__name__}: {exc}\n"
               "(this is a bug in circuitlang; rerun with --debug for the traceback)", file=sys.stderr)
         return 3
+
+
+def _show_warnings() -> None:
+    """Print circuitlang's located warnings as they are (no Python source line), above any
+    progress bar."""
+    import warnings
+
+    from .health import HealthWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, HealthWarning):
+            return default(message, category, filename, lineno, file, line)
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(str(message), file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            print(message, file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", HealthWarning)
 
 
 def _check(args) -> int:
@@ -274,6 +301,8 @@ def _data(spec: str):
 def _train(args) -> int:
     from .training import train
 
+    if args.health:
+        args.settings = [*args.settings, f"learn.health={args.health}"]
     model = _model(args)
     data = _data(args.data)
     out = args.out or f"runs/{model.spec.name}"
@@ -283,6 +312,8 @@ def _train(args) -> int:
     )
     last = result.history[-1] if result.history else {}
     parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy") if k in last]
+    if "converged" in last:
+        parts.append(f"converged {last['converged']:.0%} of the last epoch's examples")
     print(f"trained {model.spec.name} for {len(result.history)} epochs: " + ", ".join(parts))
     print(f"wrote {out}/params.npz, metrics.csv, metrics.json, curves.png, run.json")
     return 0
@@ -327,12 +358,28 @@ def _simulate(args) -> int:
     x, y = _samples(model, data, args.samples)
     record = args.record.split(",") if args.record else None
     results = simulate(model, _params(model, args), x, y, record, args.out)
+    diverged = None
     for name, r in results.items():
         status = "converged" if r["converged"] else "NOT converged"
         if not r["finite"]:
-            status = "DIVERGED (non-finite states)"
-        print(f"phase {name}: {status} (largest change in the last step {r['delta']:.2e})")
+            status = "DIVERGED (non-finite states in " + ", ".join(r["nonfinite"]) + ")"
+            diverged = diverged or (name, r["nonfinite"][0])
+        per = ", ".join(f"{n} {v:.2e}" for n, v in r["residuals"].items())
+        print(f"phase {name}: {status}: residual {r['residual']:.2e} (tolerance {r['tol']:g}; {per})")
+    if any(not r["converged"] for r in results.values()):
+        print("(residual: max |s_T - s_(T-1)| / dt at the end of the phase; raise its `steps` or lower its "
+              "`dt` to converge)")
     print(f"wrote {args.out}/traces.npz and traces.png")
+    if diverged is not None:
+        from .errors import Diagnostic
+
+        phase, pop = diverged
+        raise CircuitError(Diagnostic(
+            f"the state of population `{pop}` became non-finite (NaN or inf) in phase `{phase}`",
+            model.phases[phase].span,
+            f"lower `dt` (now {model.phases[phase].dt:g})" + (f" or `beta` (now {model.phases[phase].beta:g})"
+                                                              if model.phases[phase].beta else "")
+            + ", or the weights' scale"), model.circuit.source)
     return 0
 
 
@@ -352,7 +399,7 @@ def _verify(args) -> int:
     x, y = _samples(model, data, args.samples)
     params = {k: v.astype(dtype) for k, v in _params(model, args, dtype).items()}
     method = args.estimator or model.method
-    rows = V.verify(model, params, x.astype(dtype), y.astype(dtype), method, betas)
+    rows = V.verify(model, params, x.astype(dtype), y.astype(dtype), method, betas, report=print)
     print(V.format_table(rows, method))
     if args.out:
         from pathlib import Path

@@ -271,6 +271,7 @@ class LearningSpec:
     rules: tuple[RuleSpec, ...]
     span: Span
     persistent: bool = False
+    health: str = "warn"  # train's answer to unhealthy epochs: warn | error | ignore
 
 
 @_frozen

@@ -285,7 +285,7 @@ PHASE_SETTINGS = _settings(
     Setting("beta", "number", "nudging strength: the cost enters the dynamics as -beta dC/ds"),
     Setting("forward", "flag", "exact one-pass fixed point of a feed-forward (DAG) circuit"),
     Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1),
-    Setting("tol", "number", "stop early once max |s_t - s_(t-1)| < tol", minimum=0, exclusive=True),
+    Setting("tol", "number", "stop early once the residual max |s_t - s_(t-1)| / dt < tol (also: the threshold of `converged`)", minimum=0, exclusive=True),
     Setting("integrator", "choice", "how a step is taken", registry="INTEGRATORS"),
     Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)",
             fixed_choices=("output",)),
@@ -298,6 +298,9 @@ LEARN_SETTINGS = _settings(
     Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1),
     Setting("persistent", "flag", "persistent particles: each example's free phase starts where its last one "
             "ended (Scellier & Bengio 2017)"),
+    Setting("health", "choice", "what `train` does when phases do not converge, the outputs collapse to one "
+            "class or a population saturates: warn (once each), error (stop) or ignore",
+            fixed_choices=("warn", "error", "ignore")),
 )
 
 _SCHEDULE = Setting("schedule", "choice", "learning-rate schedule", fixed_choices=("constant", "cosine"),

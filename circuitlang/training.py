@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import __version__, learning
+from . import __version__, health, learning
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
@@ -136,8 +136,9 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             y = shard(Y[i])
             xs = model.as_inputs(x, "compiled")
             s0 = {p: shard(v[i]) for p, v in P.items()} if P else None
-            g, free = learning.estimate_with_state(model, params, xs, y, method, None, k, s0)
+            g, free, info = learning.estimate_with_info(model, params, xs, y, method, None, k, s0)
             updates, opt_state = opt.update(g, opt_state, params)
+            fit = health.batch_health(model, info, params, updates)
             params = optax.apply_updates(params, updates)
             fs = {p: free[p] for p in model.state_keys}
             if P:
@@ -145,10 +146,10 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             loss = model.fns.cost(fs, y) / batch
             out = model.fns.readout(free)
             correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
-            return (params, opt_state, P), (loss, correct)
+            return (params, opt_state, P), (loss, correct, fit)
 
-        (params, opt_state, P), (loss, correct) = lax.scan(body, (params, opt_state, P), (idx, keys))
-        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P
+        (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), (idx, keys))
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, health.reduce_health(fit)
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
@@ -169,47 +170,60 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
             params, opt_state, S = carry
             xs = model.as_inputs(shard(X[i]), "compiled")
             y = shard(Y[i])
+            before = params
             res, params, opt_state = model.rules.run(phase, params, xs, S, beta, y, stream=True,
                                                      opt=opt, opt_state=opt_state)
+            changes = {k: params[k] - before[k] for k in params}
+            fit = health.batch_health(model, {phase.name: res}, before, changes)
             S = {k: res.state[k] for k in model.state_keys}
             loss = model.fns.cost(S, y) / batch
             out = model.fns.readout(res.state)
             correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
-            return (params, opt_state, S), (loss, correct)
+            return (params, opt_state, S), (loss, correct, fit)
 
-        (params, opt_state, P), (loss, correct) = lax.scan(body, (params, opt_state, P), idx)
-        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P
+        (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), idx)
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, health.reduce_health(fit)
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
 
-def _make_eval(model: Model, n: int, chunk: int, classify: bool):
-    """The jitted evaluation: (params, X, Y, labels, P) -> (loss, accuracy, P), in chunks."""
+def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int = 0):
+    """The jitted evaluation: (params, X, Y, labels, P) -> (loss, accuracy, P, health), in
+    chunks; `health` holds the fraction of saturated units per free population
+    (`saturated.POP`) and the counts of predicted classes (`classes`)."""
     chunk = max(1, min(chunk, n))
     full = n // chunk
 
     def part(params, X, Y, labels, P):
-        free = model._free(params, model.as_inputs(X, "compiled"), P or None).state
+        xs = model.as_inputs(X, "compiled")
+        free = model._free(params, xs, P or None).state
         out = model.fns.readout(free)
         fs = {p: free[p] for p in model.state_keys}
         loss = model.fns.cost(fs, Y)
-        correct = jnp.sum(jnp.argmax(out, -1) == labels) if classify else jnp.asarray(0)
-        return loss, correct, ({p: fs[p] for p in P} if P else {})
+        pred = jnp.argmax(out, -1)
+        correct = jnp.sum(pred == labels) if classify else jnp.asarray(0)
+        fit = {f"saturated.{k}": v for k, v in health.saturation(model, params, xs, free).items()}
+        if classify and n_classes:
+            fit["classes"] = jnp.sum(jax.nn.one_hot(pred, n_classes, dtype=jnp.int32), axis=0)
+        return loss, correct, ({p: fs[p] for p in P} if P else {}), fit
 
     def evaluate(params, X, Y, labels, P):
         def one(i):
             sl = lambda a: lax.dynamic_slice_in_dim(a, i * chunk, chunk)  # noqa: E731
             return part(params, sl(X), sl(Y), sl(labels), {p: sl(v) for p, v in P.items()})
 
-        loss, correct, newP = lax.map(one, jnp.arange(full))
+        loss, correct, newP, fit = lax.map(one, jnp.arange(full))
         newP = {p: v.reshape((full * chunk, *v.shape[2:])) for p, v in newP.items()}
         loss, correct = jnp.sum(loss), jnp.sum(correct)
+        fit = {k: jnp.sum(v, axis=0) for k, v in fit.items()}
         if n > full * chunk:
             rest = slice(full * chunk, None)
-            l2, c2, P2 = part(params, X[rest], Y[rest], labels[rest], {p: v[rest] for p, v in P.items()})
+            l2, c2, P2, f2 = part(params, X[rest], Y[rest], labels[rest], {p: v[rest] for p, v in P.items()})
             loss, correct = loss + l2, correct + c2
             newP = {p: jnp.concatenate([newP[p], P2[p]]) for p in newP}
-        return loss / n, correct / n, newP
+            fit = {k: fit[k] + f2[k] for k in fit}
+        fit = {k: (v if k == "classes" else v / (n * model.size_of(k.split(".", 1)[1]))) for k, v in fit.items()}
+        return loss / n, correct / n, newP, fit
 
     return jax.jit(evaluate)
 
@@ -229,7 +243,7 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     labels = y if classify else np.zeros(len(X), np.int32)
     check_sizes(model, data)
     fn = _make_eval(model, len(X), chunk, classify)
-    loss, acc, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
+    loss, acc, _, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
     out = {"loss": float(loss)}
     if classify:
         out["accuracy"] = float(acc)
@@ -297,7 +311,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
         epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
         epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment)
-    eval_fn = _make_eval(model, len(data.x_test), 1000, classify) if len(data.x_test) else None
+    eval_fn = _make_eval(model, len(data.x_test), 1000, classify, data.n_classes or 0) if len(data.x_test) else None
 
     X = _inputs(model, data.x_train)
     Y = jnp.asarray(_targets(data, data.y_train))
@@ -334,27 +348,33 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
     base = jax.random.key(seed)
     last_plot = 0.0
+    warned: set[str] = set()
     for e in bar:
         t0 = time.perf_counter()
-        params, opt_state, loss, acc, P = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
+        params, opt_state, loss, acc, P, fit = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
         loss = float(loss)
         seconds = time.perf_counter() - t0
         row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
         if classify:
             row["train_accuracy"] = float(acc)
+        classes = None
         if eval_fn is not None:
             t1 = time.perf_counter()
-            tl, ta, Pt = eval_fn(params, Xt, Yt, Lt, Pt)
+            tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt)
             row["test_loss"] = float(tl)
             if classify:
                 row["test_accuracy"] = float(ta)
             row["eval_seconds"] = time.perf_counter() - t1
+            classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
+            fit = {**fit, **tfit}
+        row.update({k: float(v) for k, v in sorted(fit.items())})
         if not np.isfinite(loss):
             # name the population whose state blew up, with its line, when the relaxation shows it
             model.relax_result(params, X[:batch], None, layout="compiled")
             raise CircuitError(
                 f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
             )
+        _check_health(model, row, classes, learn.health, warned, bar)
         history.append(row)
         if out_dir is not None:
             # the plot costs ~0.1-1 s: draw it at most every 10 s, and after the last epoch
@@ -366,6 +386,22 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             on_epoch(row)
         _postfix(bar, row)
     return TrainResult(params, history, out_dir)
+
+
+def _check_health(model: Model, row: dict, classes, policy: str, warned: set[str], bar) -> None:
+    """Warn once per kind of problem (or stop, with `health error`) about an epoch's health."""
+    if policy == "ignore":
+        return
+    found = health.problems(model, row, classes)
+    if policy == "error" and found:
+        health.raise_for(model, found)
+    for p in found:
+        if p.key in warned:
+            continue
+        warned.add(p.key)
+        import warnings
+
+        warnings.warn(health.render(model, p), health.HealthWarning, stacklevel=3)
 
 
 def check_sizes(model: Model, data) -> None:
@@ -415,6 +451,8 @@ def _postfix(bar, row: dict) -> None:
         shown = {"loss": f"{row['train_loss']:.4f}"}
         if "test_accuracy" in row:
             shown["test_acc"] = f"{row['test_accuracy']:.4f}"
+        if "converged" in row:  # the health figure that matters most: were the phases converged?
+            shown["converged"] = f"{row['converged']:.0%}"
         shown["s/epoch"] = f"{row['seconds']:.2f}"
         bar.set_postfix(shown)
 

@@ -268,7 +268,12 @@ def test_batch_must_split_over_devices(tiny, digits):
 
 # ---------------------------------------------------------------- files --
 def test_metrics_files(run3):
-    cols = ["epoch", "train_loss", "seconds", "train_accuracy", "test_loss", "test_accuracy", "eval_seconds"]
+    cols = ["epoch", "train_loss", "seconds", "train_accuracy", "test_loss", "test_accuracy", "eval_seconds",
+            # training health (circuitlang/health.py), sorted
+            "converged", "converged.free", "converged.nudge+", "converged.nudge-",
+            "free_residual_max", "free_residual_mean", "nudged_residual_max", "nudged_residual_mean",
+            "saturated.h", "saturated.y", "update_ratio.W1", "update_ratio.W2", "update_ratio.h.bias",
+            "update_ratio.y.bias"]
     rows = json.loads((run3.out / "metrics.json").read_text())
     assert [list(r) for r in rows] == [cols] * 3
     assert [r["epoch"] for r in rows] == [1, 2, 3]

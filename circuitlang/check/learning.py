@@ -117,6 +117,7 @@ class LearningMixin(BuilderBase):
             rules=rules,
             span=s.span,
             persistent=bool(settings.get("persistent", False)),
+            health=str(settings.get("health", "warn")),
         )
         self._lowerable(spec, energy, dyn, est_attr, rules_ok=len(rules) == len(s.rules))
         return spec
