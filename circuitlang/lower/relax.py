@@ -317,7 +317,8 @@ def async_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
         r_n ← P((d_n − β ∇C_n(0)) / (1 + β))
 
     (`check` makes sure ρ is the identity on that box, so P ∘ ρ = P there; 1 + β > 0).
-    With dt < 1 the step is damped, r ← (1 − dt) r + dt r*; dt = 1 is the plain minimiser.
+    With dt < 1 the step is damped, r ← (1 − dt) r + dt r*; dt = 1 is the plain minimiser; dt > 1
+    over-relaxes (projected SOR: measured nowhere, may not converge).
     """
     dt = phase.dt
     (even, odd), _ = colour_layers(fns.free, fns.edges)
