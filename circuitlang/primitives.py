@@ -217,7 +217,7 @@ ENERGIES = _kinds(
     Kind("hopfield",
          "E = sum_n 1/2|s_n|^2 - sum_(a--b) <rho(s_a), P(W * rho(s_b))> - sum_n b_n^T rho(s_n)",
          "Scellier & Bengio 2017; Laborieux et al. 2021 (convolutions)",
-         impl="circuitlang.lower.energy:HOPFIELD", provides=("undirected", "rate_form")),
+         impl="circuitlang.lower.energy:HOPFIELD", provides=("undirected", "rate_form", "layer_minimum")),
     Kind("predictive", "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) P(W * rho(s_a)) + b_n",
          "Whittington & Bogacz 2017", impl="circuitlang.lower.energy:PREDICTIVE", provides=("directed", "one_to_one")),
 )
@@ -235,8 +235,10 @@ LOWERINGS = _kinds(
          impl="circuitlang.lower.cells:CellFunctions"),
 )
 
+# provides: `closed_form` (C = 1/2 |s|^2 + linear in s: a nudged layer's minimum stays closed
+# form, which the async integrator needs)
 COSTS = _kinds(
-    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared"),
+    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared", provides=("closed_form",)),
     Kind("cross_entropy", "C = -sum target log softmax(s) (softmax read-out)", "Laborieux et al. 2021",
          impl="circuitlang.lower.energy:cross_entropy"),
 )
@@ -268,7 +270,10 @@ ESTIMATORS = _kinds(
 )
 
 # needs: `energy` (the step differentiates an energy), `rate_form` (the energy is
-# 1/2|s|^2 + E(rho(s)), like hopfield, so states can be read as rates). provides:
+# 1/2|s|^2 + E(rho(s)), like hopfield, so states can be read as rates), `layered` (each free
+# layer's minimum given the others is closed form: an energy providing `layer_minimum`, no
+# custom terms or cell types, couplings between two colour classes of free populations;
+# a nudged output with a `closed_form` cost and rho = identity on its bounds). provides:
 # `trajectory` (Euler steps local rules integrate along), `states_are_rates` (the
 # free states are rates: estimators then differentiate E without its 1/2|s|^2)
 INTEGRATORS = _kinds(
@@ -277,11 +282,15 @@ INTEGRATORS = _kinds(
     Kind("prototypical", "s <- (1 - dt) s + dt rho(-dPhi/dr), states read as rates",
          "Ernoult et al. 2019; Laborieux et al. 2021", needs=("energy", "rate_form"),
          impl="circuitlang.lower.relax:prototypical_step", provides=("states_are_rates",)),
+    Kind("async", "even layers, then odd ones, jump to their closed-form minimum rho(-dPhi/dr) (block-coordinate)",
+         "Scellier et al. 2023", needs=("energy", "rate_form", "layered"),
+         impl="circuitlang.lower.relax:async_step", provides=("states_are_rates",)),
 )
 
 PHASE_SETTINGS = _settings(
     Setting("steps", "int", "number of integration steps", minimum=1),
-    Setting("dt", "number", "step size of the Euler integrator", minimum=0, exclusive=True),
+    Setting("dt", "number", "step size of the Euler integrator (prototypical, async: the damping, 1 = none)",
+            minimum=0, exclusive=True),
     Setting("beta", "number", "nudging strength: the cost enters the dynamics as -beta dC/ds"),
     Setting("forward", "flag", "exact one-pass fixed point of a feed-forward (DAG) circuit"),
     Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1),

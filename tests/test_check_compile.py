@@ -755,7 +755,8 @@ class Gen:
             if c.chance(0.1):
                 attrs.append("tol 1e-3")
             if c.chance(0.2 if self.family in ("hopfield", "terms") and self.method == "eqprop" else 0.03):
-                attrs.append(f"integrator {c.pick(('prototypical', 'prototypical', 'euler'))}")
+                # every registered integrator (each one that is not Euler twice as often)
+                attrs.append(f"integrator {c.pick([n for n in P.INTEGRATORS for _ in range(1 + (n != 'euler'))])}")
         if nudged:
             attrs.append(f"beta {c.pick(('0.5', '0.5', '-0.2', '1'))}")
         if c.chance(0.04):

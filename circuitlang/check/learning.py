@@ -119,11 +119,11 @@ class LearningMixin(BuilderBase):
             persistent=bool(settings.get("persistent", False)),
             health=str(settings.get("health", "warn")),
         )
-        self._lowerable(spec, energy, dyn, est_attr, rules_ok=len(rules) == len(s.rules))
+        self._lowerable(spec, energy, dyn, costs, est_attr, rules_ok=len(rules) == len(s.rules))
         return spec
 
     def _lowerable(self, spec: LearningSpec, energy: EnergySpec | None, dyn: DynamicsSpec | None,
-                   est_attr: S.Attr | None, rules_ok: bool) -> None:
+                   costs: Sequence[CostSpec], est_attr: S.Attr | None, rules_ok: bool) -> None:
         """What the lowering of a `learn` block relies on: the estimator's and the
         integrators' needs, rules that factor into post × pre products, and what
         `prospective` needs. (With an unknown energy or dynamics name, or errors in
@@ -139,8 +139,13 @@ class LearningMixin(BuilderBase):
             problems = estimator_parts_problems(spec.estimator, spec, energy, self.pops, self.edges,
                                                 self.functions, span, skip=skip)
             self.errors.extend(problems)
-        for ph in spec.phases:
-            self.errors.extend(integrator_problems(ph, energy, typed))
+        nudged = any(ph.beta != 0 for ph in spec.phases[1:])
+        for i, ph in enumerate(spec.phases):
+            nudgeable = ph.beta != 0 or (i == 1 and not nudged and ph.clamp is None)
+            for d in integrator_problems(ph, energy, typed, self.pops, self.edges, costs,
+                                         self.functions, self.params, nudgeable):
+                if d not in self.errors:  # what is said of the circuit, once for all its phases
+                    self.errors.append(d)
         if spec.rules and rules_ok:
             self.errors.extend(rule_problems(spec, self.pops, self.weight_edges(), self.params, self.functions))
         if spec.prospective:
