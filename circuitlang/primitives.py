@@ -200,12 +200,15 @@ class Kind:
     impl: str = ""
     provides: tuple[str, ...] = ()  # what it offers: the couplings an energy gives meaning to, ...
     settings: Mapping[str, "Setting"] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    # costs only: ``"module:attribute"`` of `nudged(v, target, beta)`, the exact nudged output
+    # u = v - beta dC/du(u) that `prospective` (latent equilibrium) needs; "" if it has none
+    nudged: str = ""
 
-    def load(self) -> Any:
-        """The implementation (a function, a class or an object)."""
+    def load(self, which: str = "impl") -> Any:
+        """The implementation (a function, a class or an object); `which="nudged"`: that one."""
         import importlib
 
-        module, _, attr = self.impl.partition(":")
+        module, _, attr = getattr(self, which).partition(":")
         return getattr(importlib.import_module(module), attr)
 
 
@@ -236,9 +239,10 @@ LOWERINGS = _kinds(
 )
 
 COSTS = _kinds(
-    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared"),
+    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared",
+         nudged="circuitlang.lower.energy:squared_nudged"),
     Kind("cross_entropy", "C = -sum target log softmax(s) (softmax read-out)", "Laborieux et al. 2021",
-         impl="circuitlang.lower.energy:cross_entropy"),
+         impl="circuitlang.lower.energy:cross_entropy", nudged="circuitlang.lower.energy:cross_entropy_nudged"),
 )
 
 LEARN_METHODS = _kinds(
