@@ -216,13 +216,17 @@ def _kinds(*items: Kind) -> Mapping[str, Kind]:
     return _frozen({k.name: k for k in items})
 
 
+# provides: the couplings an energy gives meaning to; `rate_form` (E = 1/2|s|^2 + E(rho(s)));
+# `rates_only_sent` (E reads a population's rho(s) only where the population drives another,
+# so an output's own `rho=` changes nothing: `check` says so)
 ENERGIES = _kinds(
     Kind("hopfield",
          "E = sum_n 1/2|s_n|^2 - sum_(a--b) <rho(s_a), P(W * rho(s_b))> - sum_n b_n^T rho(s_n)",
          "Scellier & Bengio 2017; Laborieux et al. 2021 (convolutions)",
          impl="circuitlang.lower.energy:HOPFIELD", provides=("undirected", "rate_form")),
     Kind("predictive", "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) P(W * rho(s_a)) + b_n",
-         "Whittington & Bogacz 2017", impl="circuitlang.lower.energy:PREDICTIVE", provides=("directed", "one_to_one")),
+         "Whittington & Bogacz 2017", impl="circuitlang.lower.energy:PREDICTIVE",
+         provides=("directed", "one_to_one", "rates_only_sent")),
 )
 
 # How the states evolve: the gradient flow of an energy, a named vector field, or the
