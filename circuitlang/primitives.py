@@ -200,12 +200,15 @@ class Kind:
     impl: str = ""
     provides: tuple[str, ...] = ()  # what it offers: the couplings an energy gives meaning to, ...
     settings: Mapping[str, "Setting"] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    # costs only: ``"module:attribute"`` of `nudged(v, target, beta)`, the exact nudged output
+    # u = v - beta dC/du(u) that `prospective` (latent equilibrium) needs; "" if it has none
+    nudged: str = ""
 
-    def load(self) -> Any:
-        """The implementation (a function, a class or an object)."""
+    def load(self, which: str = "impl") -> Any:
+        """The implementation (a function, a class or an object); `which="nudged"`: that one."""
         import importlib
 
-        module, _, attr = self.impl.partition(":")
+        module, _, attr = getattr(self, which).partition(":")
         return getattr(importlib.import_module(module), attr)
 
 
@@ -213,13 +216,17 @@ def _kinds(*items: Kind) -> Mapping[str, Kind]:
     return _frozen({k.name: k for k in items})
 
 
+# provides: the couplings an energy gives meaning to; `rate_form` (E = 1/2|s|^2 + E(rho(s)));
+# `rates_only_sent` (E reads a population's rho(s) only where the population drives another,
+# so an output's own `rho=` changes nothing: `check` says so)
 ENERGIES = _kinds(
     Kind("hopfield",
          "E = sum_n 1/2|s_n|^2 - sum_(a--b) <rho(s_a), P(W * rho(s_b))> - sum_n b_n^T rho(s_n)",
          "Scellier & Bengio 2017; Laborieux et al. 2021 (convolutions)",
          impl="circuitlang.lower.energy:HOPFIELD", provides=("undirected", "rate_form", "layer_minimum")),
     Kind("predictive", "E = sum_n 1/2|s_n - mu_n|^2, mu_n = sum_(a->n) P(W * rho(s_a)) + b_n",
-         "Whittington & Bogacz 2017", impl="circuitlang.lower.energy:PREDICTIVE", provides=("directed", "one_to_one")),
+         "Whittington & Bogacz 2017", impl="circuitlang.lower.energy:PREDICTIVE",
+         provides=("directed", "one_to_one", "rates_only_sent")),
 )
 
 # How the states evolve: the gradient flow of an energy, a named vector field, or the
@@ -238,9 +245,10 @@ LOWERINGS = _kinds(
 # provides: `closed_form` (C = 1/2 |s|^2 + linear in s: a nudged layer's minimum stays closed
 # form, which the async integrator needs)
 COSTS = _kinds(
-    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared", provides=("closed_form",)),
+    Kind("squared", "C = 1/2 |s - target|^2", impl="circuitlang.lower.energy:squared",
+         nudged="circuitlang.lower.energy:squared_nudged", provides=("closed_form",)),
     Kind("cross_entropy", "C = -sum target log softmax(s) (softmax read-out)", "Laborieux et al. 2021",
-         impl="circuitlang.lower.energy:cross_entropy"),
+         impl="circuitlang.lower.energy:cross_entropy", nudged="circuitlang.lower.energy:cross_entropy_nudged"),
 )
 
 LEARN_METHODS = _kinds(

@@ -931,6 +931,48 @@ def test_repository_files_check_and_compile(path):
     compile_and_trace(cl.load(path))
 
 
+RHO_OUT = """
+population x [4] input
+population h [5]
+population y [3] output rho=sigmoid
+x -> h : W1
+h -> y : W2
+energy predictive
+cost y squared
+learn rules {
+  phase free { steps 5; dt 0.5 }
+  phase nudge { steps 5; dt 0.5; beta 0.5 }
+  during nudge for W1, W2: dW/dt = post.error * pre.s
+}
+"""
+
+
+def test_rho_on_a_predictive_output_is_refused_unless_something_reads_it():
+    """`rho=` on an output of a predictive energy: the cost and `predict` read the state,
+    so the activation is refused where nothing reads it, located at the option; allowed
+    when the output drives a population, when a rule reads its `.rate`, and as `identity`."""
+    with pytest.raises(cl.CircuitError) as err:
+        cl.loads(RHO_OUT, "o.circ")
+    assert "o.circ:4:25:" in str(err.value) and "has no effect" in str(err.value)
+    for ok in (
+        RHO_OUT.replace("rho=sigmoid", "rho=identity"),
+        RHO_OUT.replace("post.error * pre.s", "post.error * pre.s * post.rate"),
+        RHO_OUT.replace("for W1, W2: dW/dt = post.error * pre.s", "for W2: dW/dt = post.error * pre.s * y.rate"),
+        RHO_OUT.replace("energy predictive", "population z [2]\ny -> z : W3\nenergy predictive"),
+        RHO_OUT.replace("energy predictive", "energy hopfield").replace("->", "--"),
+    ):
+        cl.compile(cl.loads(ok, "o.circ"))
+    # the hint's remedy: a linear output driven one-to-one reads sigmoid(y)
+    fix = RHO_OUT.replace("[3] output rho=sigmoid", "[3] rho=sigmoid").replace(
+        "energy predictive", "population out [3] output rho=identity\ny => out\nenergy predictive"
+    ).replace("cost y", "cost out").replace("steps 5; dt 0.5 }", "forward }", 1)
+    model = cl.compile(cl.loads(fix, "o.circ"))
+    params = model.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 4))
+    state = model.relax(params, x)
+    assert jnp.allclose(model.predict(params, x), jax.nn.sigmoid(state["y"]), atol=1e-6)
+
+
 @pytest.mark.parametrize("case", FOUND, ids=[c[0] for c in FOUND])
 def test_found_cases_are_refused_or_compile(case):
     """A circuit that once passed `check` and failed later: now `check` refuses it, located,

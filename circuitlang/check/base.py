@@ -44,6 +44,7 @@ class BuilderBase:
         self.param_decls: dict[str, Span] = {}  # every param of the file, defined yet or not
         self.broken: set[str] = set()  # params whose value could not be computed
         self.cost_spans: dict[str, Span] = {}  # population -> its `cost` statement
+        self.rho_options: dict[str, S.Option] = {}  # population -> its written `rho=`
         self.tie_spans: dict[str, Span] = {}  # tied weight -> its `= W` / `= transpose(W)`
         self.unknown_dynamics = False  # an energy preset or `dynamics` name was misspelled
         self.cost_statements = 0  # `cost` lines written: a bad cost is reported, not also "missing"

@@ -99,6 +99,7 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
                 f"put its phases, rules and settings into the first one (line {learns[0].span.line})",
             )
         learning = self.learn(learns[0], energy, dyn, costs) if learns else None
+        self.unread_output_rates(energy, learning)
         self.memory_estimate()
 
         pops = {

@@ -6,15 +6,20 @@
 * `dynamics NAME`: a known vector field, never together with an energy.
 * Every connection means something under the chosen energy or dynamics.
 * `cost POP KIND`: a known cost, one per population, on an output.
+* `rho=` on an output means something: under `energy predictive` an output's
+  activation is read only if it drives another population (or a rule reads
+  its `.rate`), since the cost and `predict` read its state.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from .. import primitives as P
 from .. import syntax as S
 from ..errors import did_you_mean
 from ..expr import Scope, check_expr
-from ..graph import CostSpec, DynamicsSpec, EnergySpec, EnergyTermSpec
+from ..graph import ConnectionEdge, CostSpec, DynamicsSpec, EnergySpec, EnergyTermSpec, LearningSpec
 from ..layout import describe
 from .base import BuilderBase
 from .terms import BATCH, Shape, term_problem
@@ -26,6 +31,34 @@ def _weight_shape(e, pops) -> tuple | None:
     if [s.kind for s in e.stages] == ["dense"] or e.value_shape is None:
         return e.value_shape
     return Shape(("op", pops[e.post].size, pops[e.pre].size))
+
+
+def _members_of(node) -> list[S.Member]:
+    """Every `obj.attr` inside a syntax node."""
+    if isinstance(node, S.Member):
+        return [node]
+    if isinstance(node, tuple):
+        return [m for item in node for m in _members_of(item)]
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return [m for f in dataclasses.fields(node) for m in _members_of(getattr(node, f.name))]
+    return []
+
+
+def _rates_read_by_rules(learning: LearningSpec, weights: dict[str, ConnectionEdge]) -> set[str]:
+    """The populations whose `.rate` (their own activation) a local rule reads: `y.rate`,
+    or `post.rate` of a rule for a weight into `y` or for `y.bias`. (`pre.rate` is read
+    only from a population that drives a connection.)"""
+    read: set[str] = set()
+    for rule in learning.rules:
+        for m in _members_of(rule.expr):
+            if m.attr.name != "rate":
+                continue
+            if m.obj.name != "post":
+                read.add(m.obj.name)
+                continue
+            for w in rule.weights:
+                read.add(weights[w].post if w in weights else w.split(".")[0])
+    return read
 
 
 class DynamicsMixin(BuilderBase):
@@ -200,6 +233,33 @@ class DynamicsMixin(BuilderBase):
                 "also has an energy (whose gradient would be the dynamics)",
                 pop.span,
                 f"remove the energy at line {energy.span.line}, or the cell type",
+            )
+
+    def unread_output_rates(self, energy: EnergySpec | None, learning: LearningSpec | None) -> None:
+        """`rho=` on an output that nothing reads it for: under energies that read ρ(s) only
+        where a population drives another (`rates_only_sent` in `P.ENERGIES`), the cost,
+        `predict` and every estimator read an output's state itself, so a written activation
+        of an output that drives nothing (and whose `.rate` no rule reads) would be ignored."""
+        if self.unknown_dynamics or energy is None or not energy.presets:
+            return
+        if not all("rates_only_sent" in P.ENERGIES[p].provides for p in energy.presets):
+            return
+        read = _rates_read_by_rules(learning, self.weight_edges()) if learning else set()
+        which = ", ".join(energy.presets)
+        for name, opt in self.rho_options.items():
+            pop = self.pops.get(name)
+            if pop is None or pop.role != "output" or pop.activation == "identity":
+                continue
+            if name in read or any(e.pre == name for e in self.edges):
+                continue
+            fn = pop.activation
+            self.error(
+                f"`rho={fn}` on `{name}`, an output of the `{which}` energy, has no effect: the cost and "
+                f"`predict` read the state of `{name}` itself, and this energy applies an activation "
+                f"only to what a population sends to those it drives (`{name}` drives none)",
+                opt.span,
+                f"remove `rho={fn}`; for {fn} outputs, let `{name}` drive a linear output one-to-one "
+                f"(`{name} => out` with `population out [{pop.size}] output rho=identity` and the cost on `out`)",
             )
 
     # ---------------------------------------------------------------- cost --

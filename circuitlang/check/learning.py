@@ -149,7 +149,7 @@ class LearningMixin(BuilderBase):
         if spec.rules and rules_ok:
             self.errors.extend(rule_problems(spec, self.pops, self.weight_edges(), self.params, self.functions))
         if spec.prospective:
-            self._prospective(spec, energy)
+            self._prospective(spec, energy, costs)
             if spec.estimator == "holomorphic" and int(spec.estimator_options.get("points", 4)) > 2:
                 self.error(
                     "the holomorphic estimator relaxes with complex β, but `prospective` computes the "
@@ -158,8 +158,18 @@ class LearningMixin(BuilderBase):
                     "use `estimator symmetric` (= holomorphic with points=2) with `prospective`",
                 )
 
-    def _prospective(self, spec: LearningSpec, energy: EnergySpec | None) -> None:
-        """Latent equilibrium needs a feed-forward predictive circuit."""
+    def _prospective(self, spec: LearningSpec, energy: EnergySpec | None, costs: list[CostSpec]) -> None:
+        """Latent equilibrium needs a feed-forward predictive circuit, and costs whose
+        registry entry names the exact nudged output (`COSTS[kind].nudged`)."""
+        for c in costs:
+            if not P.COSTS[c.kind].nudged:
+                able = ", ".join(k.name for k in P.COSTS.values() if k.nudged)
+                self.error(
+                    f"`prospective` (latent equilibrium) nudges the output `{c.population}` to the solution "
+                    f"u of u = mu - beta dC/du(u), but cost `{c.kind}` names no solver for it",
+                    c.span,
+                    f"use one of the costs that do ({able}), or remove `prospective`",
+                )
         ok = energy is not None and set(energy.presets) == {"predictive"} and not energy.terms
         ok = ok and not any(e.kind == "undirected" for e in self.edges)
         if ok:

@@ -41,7 +41,10 @@ class PopulationsMixin(BuilderBase):
             if opt.key in P.ROLES:
                 roles.append(opt)
             elif opt.key == "rho":
-                activation = self._function_name(opt) or activation
+                written = self._function_name(opt)
+                if written is not None:
+                    activation = written
+                    self.rho_options[s.name.name] = opt
             elif opt.key == "tau" and opt.value is not None:
                 tau = self._checked_number(opt.value, spec, f"`tau` of `{s.name.name}`") or tau
             elif opt.key in ("min", "max") and opt.value is not None:

@@ -199,11 +199,12 @@ class Relaxer:
         In latent equilibrium neurons transmit ρ(ŭ), and ŭ = μ + e does not depend on the
         slow membrane state s: the predictions μ are the feed-forward values and the
         errors e are instantaneous. We compute both directly: μ in one topological pass;
-        then, in reverse topological order, e_n = ρ'(μ_n) ⊙ Σ_(n→k) W_kᵀ e_k, plus, on an
-        output, the nudge z = −β ∂C/∂s(μ_n + e_n) (a few fixed-point iterations; exact
-        for `squared` after the first). These are the predictive-coding errors under the
-        fixed-prediction assumption, i.e. backprop's deltas scaled by the nudge
-        (Whittington & Bogacz 2017). With `with_forward`, returns (ŭ, μ).
+        then, in reverse topological order, e_n = ρ'(μ_n) ⊙ Σ_(n→k) W_kᵀ e_k. On an output the
+        nudged value u solves u = μ_n + e_n − β ∂C/∂u(u) exactly: the cost's registry entry
+        names the solver (`COSTS[kind].nudged`; for `squared`, u − μ = −β/(1+β)(μ − target)
+        when nothing reads the output). These are the predictive-coding errors under the
+        fixed-prediction assumption, i.e. backprop's deltas scaled by β/(1+β) for the squared
+        cost (Whittington & Bogacz 2017). With `with_forward`, returns (ŭ, μ).
         """
         fns = self.fns
         mu = self.forward(params, x, s_like)
@@ -211,7 +212,7 @@ class Relaxer:
             return (mu, mu) if with_forward else mu
         W = fns.wiring
         rates = {n: fns.act[n](v) for n, v in {**x, **mu}.items()}
-        costs = {c.population for c in fns.costs}
+        nudged = {c.population: P.COSTS[c.kind].load("nudged") for c in fns.costs}
         err: dict[str, Array] = {}
         for n in reversed(self.order):
             if n in x or n not in mu:
@@ -223,12 +224,9 @@ class Relaxer:
                 v = W.back(e, params, rates, err[e.post])
                 back = v if back is None else back + v
             e_n = jnp.zeros_like(mu[n]) if back is None else _slope(fns.act[n], mu[n]) * back
-            if n in costs:
-                z = jnp.zeros_like(mu[n])
-                for _ in range(4):
-                    g = jax.grad(lambda v, n=n: fns.cost({**mu, n: v}, y))(mu[n] + e_n + z)
-                    z = -beta * g
-                e_n = e_n + z
+            if n in nudged:
+                target = y[n] if isinstance(y, Mapping) else y
+                e_n = nudged[n](mu[n] + e_n, target, beta) - mu[n]
             err[n] = e_n
         u = fns.project({n: mu[n] + err[n] if n in err else mu[n] for n in mu})
         return (u, mu) if with_forward else u
