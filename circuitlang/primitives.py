@@ -258,16 +258,18 @@ LEARN_METHODS = _kinds(
 
 # needs: `nudge` a phase after the first with beta; `energy` an energy (not a vector
 # field); `analytic` analytic activations and operators (complex beta, points > 2);
-# `clamp` a phase after the first (the clamped one); `rules` local rules.
+# `clamp` a phase after the first (the clamped one); `rules` local rules. provides:
+# `negative_beta` (it also nudges with -beta).
 ESTIMATORS = _kinds(
     Kind("one_sided", "-(1/beta)(dE/dtheta(s^beta) - dE/dtheta(s^0))", "Scellier & Bengio 2017",
          needs=("nudge",), impl="circuitlang.learning:one_sided"),
     Kind("random_sign", "one_sided with a random sign of beta per batch", "Scellier & Bengio 2017",
-         needs=("nudge",), impl="circuitlang.learning:random_sign"),
+         needs=("nudge",), impl="circuitlang.learning:random_sign", provides=("negative_beta",)),
     Kind("symmetric", "-(1/2beta)(dE/dtheta(s^+beta) - dE/dtheta(s^-beta))", "Laborieux et al. 2021",
-         needs=("nudge",), impl="circuitlang.learning:symmetric"),
+         needs=("nudge",), impl="circuitlang.learning:symmetric", provides=("negative_beta",)),
     Kind("holomorphic", "N complex beta on a circle (Cauchy integral)", "Laborieux & Zenke 2022",
-         needs=("nudge", "energy", "analytic"), impl="circuitlang.learning:holomorphic"),
+         needs=("nudge", "energy", "analytic"), impl="circuitlang.learning:holomorphic",
+         provides=("negative_beta",)),
     Kind("chl", "contrastive Hebbian learning: output clamped to the target", "Movellan 1991",
          needs=("clamp", "energy"), impl="circuitlang.learning:chl"),
     Kind("rules", "the file's local rules integrated over the phases", needs=("rules",),

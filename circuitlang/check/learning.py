@@ -170,6 +170,17 @@ class LearningMixin(BuilderBase):
                     c.span,
                     f"use one of the costs that do ({able}), or remove `prospective`",
                 )
+        est = spec.estimator or "one_sided"
+        if costs and est in P.ESTIMATORS and "negative_beta" in P.ESTIMATORS[est].provides:
+            for ph in spec.phases:
+                if ph.beta is not None and abs(ph.beta) >= 1:
+                    self.error(
+                        f"`prospective` with the {est} estimator also nudges with -beta = {-ph.beta:g}, where "
+                        f"the nudged output u = mu - beta dC/du(u) has no solution (for the squared cost "
+                        f"u = (mu + beta t) / (1 + beta): singular at beta = -1)",
+                        ph.span,
+                        "use |beta| < 1 in this phase, or `estimator one_sided`, which nudges with +beta only",
+                    )
         ok = energy is not None and set(energy.presets) == {"predictive"} and not energy.terms
         ok = ok and not any(e.kind == "undirected" for e in self.edges)
         if ok:
