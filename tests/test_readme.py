@@ -68,6 +68,24 @@ def test_circuits_in_the_readme_check(text):
     cl.loads(text, "README.md")
 
 
+def test_the_language_snippet_is_a_file_that_trains(tmp_path):
+    """The snippet of "The language, by example" is `tests/circuits/language_by_example.circ`,
+    with a name of its own (so its default run directory is not the quick start's), and
+    trains on digits to at least 95% as written."""
+    snippet = next(b for lang, b in BLOCKS if lang == "text" and "circuit LanguageByExample" in b)
+    path = ROOT / "tests" / "circuits" / "language_by_example.circ"
+    assert snippet == path.read_text(encoding="utf-8")
+    quick = cl.load(ROOT / "examples" / "eqprop_hopfield.circ")
+    assert cl.loads(snippet).spec.name != quick.spec.name
+    r = subprocess.run([sys.executable, "-m", "circuitlang", "train", str(path), "--data", "digits", "--out",
+                        str(tmp_path / "run"), "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    best = max(row["test_accuracy"] for row in json.loads((tmp_path / "run" / "metrics.json").read_text()))
+    assert best >= 0.95, best
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_commands_run(command, tmp_path):
     args = shlex.split(command)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 
 import pytest
+
+from pathlib import Path
 
 from .conftest import ROOT
 
@@ -24,10 +28,18 @@ def test_wheel_installs_and_checks(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "circuitlang/grammar/circuit.lark" in names
     assert "circuitlang/py.typed" in names
-    # a fresh venv; dependencies come from this interpreter (no downloads), the package from the wheel
+    # a fresh venv; dependencies come from the interpreter running the tests (no downloads), the
+    # package from the wheel. `system_site_packages` would see the *base* interpreter's packages,
+    # not those of a virtual environment the tests run in, so the running interpreter's own
+    # site directories are listed in a .pth file instead (appended after the venv's own).
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    ours = dict.fromkeys([*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths()["purelib"],
+                          sysconfig.get_paths()["platlib"]])
+    (Path(inner) / "outer_site.pth").write_text("\n".join(d for d in ours if Path(d).is_dir()) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, text=True, timeout=600)
     work = tmp_path / "elsewhere"
