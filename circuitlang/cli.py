@@ -311,7 +311,7 @@ def _train(args) -> int:
         method=args.estimator, progress=not args.no_progress, data_spec=args.data, augment=args.augment,
     )
     last = result.history[-1] if result.history else {}
-    parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy") if k in last]
+    parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy", "test_mse") if k in last]
     if "converged" in last:
         parts.append(f"converged {last['converged']:.0%} of the last epoch's examples")
     print(f"trained {model.spec.name} for {len(result.history)} epochs: " + ", ".join(parts))

@@ -145,7 +145,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
                 P = {p: v.at[i].set(fs[p]) for p, v in P.items()}
             loss = model.fns.cost(fs, y) / batch
             out = model.fns.readout(free)
-            correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
+            correct = _score(out, y, labels[i], classify)
             return (params, opt_state, P), (loss, correct, fit)
 
         (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), (idx, keys))
@@ -178,7 +178,7 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
             S = {k: res.state[k] for k in model.state_keys}
             loss = model.fns.cost(S, y) / batch
             out = model.fns.readout(res.state)
-            correct = jnp.sum(jnp.argmax(out, -1) == labels[i]) if classify else jnp.asarray(0)
+            correct = _score(out, y, labels[i], classify)
             return (params, opt_state, S), (loss, correct, fit)
 
         (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), idx)
@@ -201,7 +201,7 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int 
         fs = {p: free[p] for p in model.state_keys}
         loss = model.fns.cost(fs, Y)
         pred = jnp.argmax(out, -1)
-        correct = jnp.sum(pred == labels) if classify else jnp.asarray(0)
+        correct = _score(out, Y, labels, classify)
         fit = {f"saturated.{k}": v for k, v in health.saturation(model, params, xs, free).items()}
         if classify and n_classes:
             fit["classes"] = jnp.sum(jax.nn.one_hot(pred, n_classes, dtype=jnp.int32), axis=0)
@@ -228,6 +228,15 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int 
     return jax.jit(evaluate)
 
 
+def _score(out, y, labels, classify: bool):
+    """Per batch: the number of correct predictions (classification), or the summed squared
+    error of the output against the targets (regression: divided by the examples and the
+    outputs, it is the MSE that `train` and `evaluate` report)."""
+    if classify:
+        return jnp.sum(jnp.argmax(out, -1) == labels)
+    return jnp.sum((out.reshape(y.shape) - y) ** 2)
+
+
 def _particles(model: Model, n: int, dtype) -> dict[str, Any]:
     """Zero initial states for persistent particles (empty when the file does not ask for them)."""
     if not (model.learning and model.learning.persistent):
@@ -247,6 +256,8 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     out = {"loss": float(loss)}
     if classify:
         out["accuracy"] = float(acc)
+    else:  # the mean over examples and outputs of the squared error
+        out["mse"] = float(acc) / data.output_size
     return out
 
 
@@ -357,6 +368,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
         row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
         if classify:
             row["train_accuracy"] = float(acc)
+        else:
+            row["train_mse"] = float(acc) / data.output_size
         classes = None
         if eval_fn is not None:
             t1 = time.perf_counter()
@@ -364,6 +377,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             row["test_loss"] = float(tl)
             if classify:
                 row["test_accuracy"] = float(ta)
+            else:
+                row["test_mse"] = float(ta) / data.output_size
             row["eval_seconds"] = time.perf_counter() - t1
             classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
             fit = {**fit, **tfit}
@@ -451,6 +466,8 @@ def _postfix(bar, row: dict) -> None:
         shown = {"loss": f"{row['train_loss']:.4f}"}
         if "test_accuracy" in row:
             shown["test_acc"] = f"{row['test_accuracy']:.4f}"
+        if "test_mse" in row:
+            shown["test_mse"] = f"{row['test_mse']:.4f}"
         if "converged" in row:  # the health figure that matters most: were the phases converged?
             shown["converged"] = f"{row['converged']:.0%}"
         shown["s/epoch"] = f"{row['seconds']:.2f}"
@@ -516,6 +533,12 @@ def _plot(out: Path, history) -> None:
         if "test_accuracy" in history[0]:
             axes[1].plot(epochs, [r["test_accuracy"] for r in history], "s-", label="test")
         axes[1].set(xlabel="epoch", ylabel="accuracy")
+        axes[1].legend()
+    elif "train_mse" in history[0]:  # regression: the mean squared error over examples and outputs
+        axes[1].plot(epochs, [r["train_mse"] for r in history], "o-", label="train")
+        if "test_mse" in history[0]:
+            axes[1].plot(epochs, [r["test_mse"] for r in history], "s-", label="test")
+        axes[1].set(xlabel="epoch", ylabel="MSE (mean over outputs)", yscale="log")
         axes[1].legend()
     else:
         axes[1].plot(epochs, [r["seconds"] for r in history], "o-")

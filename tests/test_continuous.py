@@ -199,6 +199,14 @@ def test_streaming_changes_weights_every_step_and_learns():
     result = train(model, data, epochs=4, progress=False)
     losses = [r["test_loss"] for r in result.history]
     assert losses[-1] < 0.8 * losses[0], losses
+    # regression reports the MSE (mean over examples and outputs) by name: for the squared cost
+    # (1/2 sum over outputs) it is 2 loss / outputs; and evaluate says the same
+    for r in result.history:
+        assert r["test_mse"] == pytest.approx(2 * r["test_loss"] / 2, rel=1e-4) and "test_accuracy" not in r
+        assert r["train_mse"] > 0
+    from circuitlang.training import evaluate
+
+    assert evaluate(model, result.params, data)["mse"] == pytest.approx(result.history[-1]["test_mse"], rel=1e-4)
 
 
 def test_prospective_needs_a_predictive_circuit():
