@@ -594,6 +594,7 @@ def parse(text: str, path: str = "<string>") -> S.Program:
     source = Source(text, path)
     lexed = _for_lexer(text)
     collecting = gc.isenabled()
+    found: list[Diagnostic] = []
     with _LOCK:
         parser, post, builder = _parser()
         post.path = builder.path = path
@@ -602,14 +603,74 @@ def parse(text: str, path: str = "<string>") -> S.Program:
         # 200 000-line file); the syntax nodes hold no cycles
         gc.disable()
         try:
-            return S.Program(path, parser.parse(lexed).value)
-        except lark.exceptions.UnexpectedInput as exc:
-            raise _syntax_error(exc, lexed, source, post.stack) from None
-        except _Located as exc:
-            raise CircuitSyntaxError([exc.diagnostic], source) from None
+            # every statement-level error in one run: after an error, the statement that
+            # holds it is blanked out (its lines kept, so positions stay) and the parse
+            # starts again; what follows the broken statement is then read on its own,
+            # so an error never cascades into the statements after it
+            current = lexed
+            while len(found) < MAX_SYNTAX_ERRORS:
+                try:
+                    program = S.Program(path, parser.parse(current).value)
+                except lark.exceptions.UnexpectedInput as exc:
+                    found.extend(_syntax_error(exc, lexed, source, post.stack).diagnostics)
+                    line, col = getattr(exc, "line", None) or 1, getattr(exc, "column", None) or 1
+                    if getattr(exc, "token", None) is not None and exc.token.type == "$END":
+                        line, col = len(current.split("\n")) + 1, 1
+                except _Located as exc:
+                    found.append(exc.diagnostic)
+                    span = exc.diagnostic.span
+                    line, col = (span.line, span.col) if span else (1, 1)
+                else:
+                    if not found:
+                        return program
+                    break
+                blanked = _blank_statement(current, line, col)
+                if blanked == current:
+                    break
+                current = blanked
         finally:
             if collecting:
                 gc.enable()
+    raise CircuitSyntaxError(found, source) from None
+
+
+MAX_SYNTAX_ERRORS = 20  # statements reported broken in one run
+
+
+def _blank_statement(text: str, line: int, col: int = 1) -> str:
+    """`text` with the broken top-level statement, and all before it, replaced by blank
+    lines: the one that covers the error at `line`, `col`, or the one before when the
+    error is the first token of a statement (the parser could not end the previous one
+    there).
+
+    A top-level statement starts on a line that begins outside every bracket and
+    does not continue the previous one (`\\`); it ends where the next one starts. (An
+    error on the end of the file, `line` past the last line, blanks the last
+    statement.)"""
+    lines = text.split("\n")
+    starts, braces, brackets, continued = [], 0, 0, False
+    for i, raw in enumerate(lines):
+        code = raw.split("#", 1)[0]
+        words = code.split()
+        # an open `(`/`[` continues a statement onto the next line, unless that line
+        # starts a statement of its own at the left margin (the bracket was left open)
+        fresh = brackets <= 0 or (words and words[0] in _STATEMENT_WORDS and not raw[:1].isspace())
+        if braces <= 0 and code.strip() and not continued and fresh:
+            starts.append(i)
+            braces = brackets = 0
+        braces += code.count("{") - code.count("}")
+        brackets += sum(code.count(c) for c in "([") - sum(code.count(c) for c in ")]")
+        continued = code.rstrip().endswith("\\")
+    at = min(max(line - 1, 0), len(lines) - 1)
+    if at in starts and line <= len(lines) and not lines[at][: max(col - 1, 0)].strip() and starts.index(at) > 0:
+        at = starts[starts.index(at) - 1]
+    begin = max((s for s in starts if s <= at), default=None)
+    if begin is None:
+        return text
+    end = min((s for s in starts if s > at), default=len(lines))
+    # what came before parsed: blank it too, so that the next parse reads only what is
+    # left (a run of empty lines is one token) and many errors in a long file stay cheap
+    return "\n".join([""] * end + lines[end:])
 
 
 def _for_lexer(text: str) -> str:
@@ -651,6 +712,14 @@ def _syntax_error(
         else:
             span = _token_span(tok, path)
         expected = set(exc.expected) if exc.expected else set()
+        unclosed = _unclosed_inline_brace(open_brackets, tok, source)
+        if unclosed is not None:  # `phase free { steps 20; dt 0.5` and the error a line later
+            line, col = unclosed.line, unclosed.column
+            return CircuitSyntaxError([Diagnostic(
+                f"the `{{` at line {line}, column {col} is never closed",
+                Span(path, line, col, line, col + 1),
+                f"close it with `}}` at the end of line {line} (the parser stopped at {_show(tok)} on line "
+                f"{tok.line})")], source)
         message = f"unexpected {_show(tok)}; expected {_describe(expected)}"
         hint = _hint_for(expected, tok, source, open_brackets)
         second = _second_statement(source, tok) if "_NL" in expected and tok.type not in ("_NL", "$END") else None
@@ -661,6 +730,19 @@ def _syntax_error(
         return CircuitSyntaxError([Diagnostic(message, span, hint)], source)
     # LALR reports an early end as UnexpectedToken($END); this is a safety net
     return CircuitSyntaxError([Diagnostic("unexpected end of file", Span(path, 1, 1, 1, 2))], source)
+
+
+def _unclosed_inline_brace(open_brackets: list[Token], tok: Token, source: Source) -> Token | None:
+    """The innermost `{` still open at the error if it opened a block written on one line
+    (text follows it on its line) and the error is on a later line: the `}` was forgotten."""
+    braces = [b for b in open_brackets if b.type == "LBRACE"]
+    if not braces or tok.type == "$END" or not tok.line:
+        return None
+    b = braces[-1]
+    if not b.line or b.line >= tok.line:
+        return None
+    after = source.line(b.line)[b.column:].split("#", 1)[0]
+    return b if after.strip() else None
 
 
 _STATEMENT_WORDS = ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn")

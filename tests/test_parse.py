@@ -6,6 +6,7 @@ import pytest
 
 import circuitlang as cl
 from circuitlang import syntax as S
+from circuitlang.errors import CircuitSyntaxError
 from circuitlang.parse import parse
 
 from .conftest import EXAMPLES
@@ -120,3 +121,52 @@ def test_spans_point_at_names():
     conn = prog.statements[2]
     assert (conn.weight.span.line, conn.weight.span.col) == (3, 10)
     assert str(conn.span) == "f.circ:3:1"
+
+
+# ------------------------------------------------------------ recovery --
+def _syntax_errors(text):
+    with pytest.raises(CircuitSyntaxError) as info:
+        parse(text, "r.circ")
+    return info.value.diagnostics
+
+
+def test_every_broken_statement_is_reported_once_in_one_run():
+    good = "population h [8]\nh -- x : W1\n"
+    text = "population x [4 input\n" + good + "bias h y z(\n" + good + "cost y squared squared {\n" \
+           "  nothing\n}\n" + good
+    diags = _syntax_errors(text)
+    assert [d.span.line for d in diags] == [1, 4, 7], [d.render() for d in diags]
+
+
+def test_an_error_in_a_block_does_not_cascade_into_the_rest_of_it():
+    text = ("population x [4] input\nlearn eqprop {\n  phase free { steps 20 dt }\n  phase nudge { steps 4 }\n"
+            "  batch 32\n}\npopulation y [3 output\n")
+    diags = _syntax_errors(text)
+    assert [d.span.line for d in diags] == [3, 7], [d.render() for d in diags]
+
+
+def test_a_forgotten_closing_brace_points_where_it_opened():
+    text = "learn eqprop {\n  phase free  { steps 20; dt 0.5\n  phase nudge { steps 4; beta 0.5 }\n}\n"
+    (d,) = _syntax_errors(text)
+    assert d.message == "the `{` at line 2, column 15 is never closed"
+    assert (d.span.line, d.span.col) == (2, 15) and "close it with `}` at the end of line 2" in d.hint
+
+
+def _parse_seconds(text):
+    import time
+
+    t0 = time.perf_counter()
+    parse(text)
+    return time.perf_counter() - t0
+
+
+def test_many_errors_in_a_long_file_are_capped_and_cheap():
+    import time
+
+    from circuitlang.parse import MAX_SYNTAX_ERRORS
+
+    text = "population h [8]\n" * 20000 + "population x [4 input\n" * 100
+    t0 = time.perf_counter()
+    diags = _syntax_errors(text)
+    assert len(diags) == MAX_SYNTAX_ERRORS
+    assert time.perf_counter() - t0 < 10 * _parse_seconds("population h [8]\n" * 20000) + 2
