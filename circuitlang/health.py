@@ -14,9 +14,10 @@ Every epoch `train` records, next to loss and accuracy (see `training.py`):
   test split's free states) held at a bound (`min=`/`max=`) or where ρ' ≈ 0:
   they pass no error back (a hidden population all of whose units are
   saturated is warned about; an output gets its error from the cost directly);
-* ``update_ratio.W``: per learned parameter, ‖update‖ / ‖parameter‖ of the
-  optimizer's step, averaged over the epoch's batches (‖parameter‖ at least
-  1e-3 per entry in rms, so that a bias starting at zero reads sensibly).
+* ``update_ratio.W``: per learned parameter, how far the epoch moved it
+  relative to its size, per batch: ‖θ_end − θ_start‖ / ‖θ_start‖ / batches
+  (‖θ_start‖ at least 1e-3 per entry in rms, so that a bias starting at zero
+  reads sensibly).
 
 `problems` turns a row into warnings, each located at the line it is about
 (the phase, the population) with the likely fix: estimates from unconverged
@@ -39,7 +40,7 @@ from . import primitives as P
 from .errors import CircuitError, Diagnostic
 from .lower.relax import DEFAULT_TOL, tolerance
 
-__all__ = ["batch_health", "reduce_health", "saturation", "problems", "HealthWarning", "CONVERGED_AT_LEAST",
+__all__ = ["batch_health", "reduce_health", "update_ratios", "saturation", "problems", "HealthWarning", "CONVERGED_AT_LEAST",
            "SATURATED_AT_LEAST", "COLLAPSED_AT_LEAST"]
 
 CONVERGED_AT_LEAST = 0.9    # warn when fewer training examples than this converged in a relaxation
@@ -55,8 +56,9 @@ class HealthWarning(UserWarning):
 
 
 # ------------------------------------------------------------ inside jit --
-def batch_health(model, info: Mapping[str, Any], params, updates) -> dict[str, Array]:
-    """Per-batch health scalars (traced): residuals, convergence, update ratios."""
+def batch_health(model, info: Mapping[str, Any]) -> dict[str, Array]:
+    """Per-batch health scalars (traced): residuals and convergence. (Cheap: reductions of
+    per-example numbers the relaxations return.)"""
     out: dict[str, Array] = {}
     conv_all = None
     nudged = [lbl for lbl in info if lbl != "free"]
@@ -72,11 +74,19 @@ def batch_health(model, info: Mapping[str, Any], params, updates) -> dict[str, A
         out["nudged_residual_mean"], out["nudged_residual_max"] = jnp.mean(res), jnp.max(res)
     if conv_all is not None:
         out["converged"] = jnp.mean(conv_all.astype(jnp.float32))
-    for name, u in updates.items():
+    return out
+
+
+def update_ratios(model, before, after, batches: int) -> dict[str, Array]:
+    """Per learned parameter, ‖after − before‖ / ‖before‖ / batches: the epoch's change,
+    relative to the parameter, per batch (traced once per epoch: a norm per batch would
+    cost as much as a small batch's matmul). ‖before‖ is floored at rms 1e-3, so that a
+    bias starting at zero reads sensibly."""
+    out = {}
+    for name, w in before.items():
         if model.trainable.get(name, False):
-            # a floor of rms 1e-3 keeps a parameter that starts at zero (a bias) meaningful
-            w = jnp.maximum(jnp.linalg.norm(params[name].ravel()), 1e-3 * jnp.sqrt(params[name].size))
-            out[f"update_ratio.{name}"] = jnp.linalg.norm(u.ravel()) / w
+            size = jnp.maximum(jnp.linalg.norm(w.ravel()), 1e-3 * jnp.sqrt(w.size))
+            out[f"update_ratio.{name}"] = jnp.linalg.norm((after[name] - w).ravel()) / size / batches
     return out
 
 

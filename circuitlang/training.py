@@ -119,6 +119,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
     nb = n // batch
 
     def epoch(params, opt_state, key, X, Y, labels, P):
+        start = params
         kp, ks = jax.random.split(key)
         idx = jax.random.permutation(kp, n)[: nb * batch].reshape(nb, batch)
         keys = jax.random.split(ks, nb)
@@ -138,7 +139,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             s0 = {p: shard(v[i]) for p, v in P.items()} if P else None
             g, free, info = learning.estimate_with_info(model, params, xs, y, method, None, k, s0)
             updates, opt_state = opt.update(g, opt_state, params)
-            fit = health.batch_health(model, info, params, updates)
+            fit = health.batch_health(model, info)
             params = optax.apply_updates(params, updates)
             fs = {p: free[p] for p in model.state_keys}
             if P:
@@ -149,7 +150,8 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             return (params, opt_state, P), (loss, correct, fit)
 
         (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), (idx, keys))
-        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, health.reduce_health(fit)
+        fit = {**health.reduce_health(fit), **health.update_ratios(model, start, params, nb)}
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
@@ -170,19 +172,19 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
             params, opt_state, S = carry
             xs = model.as_inputs(shard(X[i]), "compiled")
             y = shard(Y[i])
-            before = params
             res, params, opt_state = model.rules.run(phase, params, xs, S, beta, y, stream=True,
                                                      opt=opt, opt_state=opt_state)
-            changes = {k: params[k] - before[k] for k in params}
-            fit = health.batch_health(model, {phase.name: res}, before, changes)
+            fit = health.batch_health(model, {phase.name: res})
             S = {k: res.state[k] for k in model.state_keys}
             loss = model.fns.cost(S, y) / batch
             out = model.fns.readout(res.state)
             correct = _score(out, y, labels[i], classify)
             return (params, opt_state, S), (loss, correct, fit)
 
+        start = params
         (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), idx)
-        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, health.reduce_health(fit)
+        fit = {**health.reduce_health(fit), **health.update_ratios(model, start, params, nb)}
+        return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
 
