@@ -29,6 +29,47 @@ class _Parser(argparse.ArgumentParser):
         raise _Usage(f"{self.prog}: error: {message}\n(try `{self.prog} -h`)")
 
 
+# ------------------------------------------------------- argument types --
+# Every number the command line takes is checked here, so that a value out of
+# range is bad usage (exit 2) and never reaches the library as a crash.
+def _integer(lo: int, hi: int | None = None, why: str = ""):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {bound}{why}")
+        return value
+    return parse
+
+
+_POSITIVE = _integer(1)
+_SEED = _integer(0, 2**32 - 1, " (a 32-bit seed; larger ones would repeat smaller ones' numbers)")
+
+
+def _betas(text: str) -> list[float]:
+    """`--betas 1,0.1,0.01`: finite, non-zero nudging strengths."""
+    import math
+
+    betas = []
+    for item in (b.strip() for b in text.split(",")):
+        if not item:
+            continue
+        try:
+            beta = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number (write e.g. 1,0.1,0.01)") from None
+        if not math.isfinite(beta) or beta == 0:
+            raise argparse.ArgumentTypeError(f"{item}: each beta must be a finite, non-zero number")
+        betas.append(beta)
+    if not betas:
+        raise argparse.ArgumentTypeError("give at least one beta, e.g. 1,0.1,0.01")
+    return betas
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="circuitc",
@@ -56,11 +97,11 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("file", metavar="FILE")
     t.add_argument("--data", default="digits", metavar="SPEC",
                    help="digits (default), fashion-mnist[:DIR], mnist:DIR, synthetic[:k=v,...], npz:PATH")
-    t.add_argument("--epochs", type=int, metavar="N", help="default: the file's `epochs`, else 10")
+    t.add_argument("--epochs", type=_POSITIVE, metavar="N", help="default: the file's `epochs`, else 10")
     t.add_argument("--out", metavar="DIR", help="where params, metrics and plots go (default runs/NAME)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_SEED, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--devices", type=int, default=1, metavar="N", help="shard each batch over N devices")
+    t.add_argument("--devices", type=_POSITIVE, default=1, metavar="N", help="shard each batch over N devices")
     t.add_argument("--estimator", metavar="METHOD", help="override the file's estimator")
     t.add_argument("--augment", default="", metavar="OPS",
                    help="random augmentation of image batches: crop (pad 4, random crop), flip; e.g. crop,flip")
@@ -80,21 +121,22 @@ def _build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("simulate", help="run the phases on a few samples and record the states")
     sm.add_argument("file", metavar="FILE")
     sm.add_argument("--data", default="digits", metavar="SPEC")
-    sm.add_argument("--samples", type=int, default=4, metavar="K")
+    sm.add_argument("--samples", type=_POSITIVE, default=4, metavar="K")
     sm.add_argument("--record", metavar="POPS", help="comma-separated populations (default: the free ones)")
     sm.add_argument("--params", metavar="NPZ", help="trained parameters (default: a fresh initialisation)")
-    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--seed", type=_SEED, default=0)
     sm.add_argument("--out", required=True, metavar="DIR")
     with_settings(sm)
 
     vf = sub.add_parser("verify", help="compare the learning rule with the true gradient over a sweep of beta")
     vf.add_argument("file", metavar="FILE")
     vf.add_argument("--data", default="digits", metavar="SPEC")
-    vf.add_argument("--samples", type=int, default=16, metavar="K")
-    vf.add_argument("--betas", default=",".join(str(b) for b in (1.0, 0.5, 0.1, 0.05, 0.01, 0.001)))
+    vf.add_argument("--samples", type=_POSITIVE, default=16, metavar="K")
+    vf.add_argument("--betas", type=_betas, default=[1.0, 0.5, 0.1, 0.05, 0.01, 0.001], metavar="B,B,...",
+                    help="nudging strengths to sweep: finite, non-zero (default 1,0.5,0.1,0.05,0.01,0.001)")
     vf.add_argument("--estimator", metavar="METHOD")
     vf.add_argument("--params", metavar="NPZ")
-    vf.add_argument("--seed", type=int, default=0)
+    vf.add_argument("--seed", type=_SEED, default=0)
     vf.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     vf.add_argument("--out", metavar="DIR", help="also write verify.csv and verify.png here")
     with_settings(vf)
@@ -104,7 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--emit", choices=("jaxpr", "hlo"), default="jaxpr")
     cp.add_argument("--fn", choices=("estimate", "relax"), default="estimate",
                     help="the training step's estimate (default) or the free relaxation")
-    cp.add_argument("--batch", type=int, metavar="B", help="default: the file's batch")
+    cp.add_argument("--batch", type=_POSITIVE, metavar="B", help="default: the file's batch")
     cp.add_argument("-o", "--output", metavar="OUT")
     with_settings(cp)
     return p
@@ -388,7 +430,7 @@ def _verify(args) -> int:
 
     from . import verify as V
 
-    betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    betas = args.betas
     if not args.float32:
         jax.config.update("jax_enable_x64", True)
     model = _model(args)
