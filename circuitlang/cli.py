@@ -89,6 +89,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="output file; its extension picks the format (.svg .png .pdf .dot)")
     r.add_argument("--no-legend", action="store_true", help="leave out the legend")
 
+    def with_params(sp, required=False, help="trained parameters (an .npz written by train)"):
+        sp.add_argument("--params", required=required, metavar="NPZ", help=help)
+        sp.add_argument("--allow-extra-params", action="store_true",
+                        help="ignore arrays in --params that the circuit does not have (default: an error)")
+
     def with_settings(sp):
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                         help="change a param or setting: tau=2, phase.free.steps=500, learn.batch=64, optimizer.lr=0.1")
@@ -113,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate trained parameters")
     ev.add_argument("file", metavar="FILE")
-    ev.add_argument("--params", required=True, metavar="NPZ")
+    with_params(ev, required=True)
     ev.add_argument("--data", default="digits", metavar="SPEC")
     ev.add_argument("--split", choices=("test", "train"), default="test")
     with_settings(ev)
@@ -123,7 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data", default="digits", metavar="SPEC")
     sm.add_argument("--samples", type=_POSITIVE, default=4, metavar="K")
     sm.add_argument("--record", metavar="POPS", help="comma-separated populations (default: the free ones)")
-    sm.add_argument("--params", metavar="NPZ", help="trained parameters (default: a fresh initialisation)")
+    with_params(sm, help="trained parameters (default: a fresh initialisation)")
     sm.add_argument("--seed", type=_SEED, default=0)
     sm.add_argument("--out", required=True, metavar="DIR")
     with_settings(sm)
@@ -135,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--betas", type=_betas, default=[1.0, 0.5, 0.1, 0.05, 0.01, 0.001], metavar="B,B,...",
                     help="nudging strengths to sweep: finite, non-zero (default 1,0.5,0.1,0.05,0.01,0.001)")
     vf.add_argument("--estimator", metavar="METHOD")
-    vf.add_argument("--params", metavar="NPZ")
+    with_params(vf, help="trained parameters (default: a fresh initialisation)")
     vf.add_argument("--seed", type=_SEED, default=0)
     vf.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     vf.add_argument("--out", metavar="DIR", help="also write verify.csv and verify.png here")
@@ -365,7 +370,7 @@ def _evaluate(args) -> int:
     from .training import evaluate, load_params
 
     model = _model(args)
-    params = load_params(args.params, model)
+    params = load_params(args.params, model, allow_extra=args.allow_extra_params)
     data = _data(args.data)
     result = evaluate(model, params, data, args.split)
     print(" ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -388,7 +393,7 @@ def _params(model, args, dtype=None):
     from .training import load_params
 
     if args.params:
-        return load_params(args.params, model)
+        return load_params(args.params, model, dtype, allow_extra=args.allow_extra_params)
     return model.init(jax.random.key(args.seed), dtype)
 
 

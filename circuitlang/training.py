@@ -80,26 +80,59 @@ def save_params(params: dict[str, Any], path: str | Path) -> None:
     _atomic_write(Path(path), _npz_bytes({k: np.asarray(v) for k, v in params.items()}))
 
 
-def load_params(path: str | Path, model: Model | None = None) -> dict[str, Any]:
-    """Read parameters written by `save_params` (never unpickles); check them against `model`."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            params = {k: jnp.asarray(f[k]) for k in f.files}
-    except FileNotFoundError:
-        raise CircuitError(f"{path}: no such parameter file") from None
-    except (ValueError, OSError) as exc:
-        raise CircuitError(f"{path}: not a parameter file written by circuitc ({exc})") from None
-    if model is not None:
-        want = model.shapes
-        missing = sorted(set(want) - set(params))
-        wrong = sorted(k for k in want if k in params and tuple(params[k].shape) != tuple(want[k]))
-        if missing or wrong:
-            detail = "; ".join(
-                [f"missing {', '.join(missing)}"] * bool(missing)
-                + [f"{k} is {tuple(params[k].shape)}, the circuit wants {tuple(want[k])}" for k in wrong]
-            )
-            raise CircuitError(f"{path}: these parameters do not fit the circuit: {detail}")
-        params = {k: params[k] for k in want}
+def load_params(path: str | Path, model: Model | None = None, dtype: Any = None, *,
+                allow_extra: bool = False) -> dict[str, Any]:
+    """Read parameters written by `save_params`, checking everything before trusting it.
+
+    The zip and each member's header are checked before any data is read (see
+    `npzfile.py`; nothing is ever unpickled). With `model`, the file must hold
+    exactly its parameters (`model.shapes`): a missing one, a wrong shape or,
+    unless `allow_extra`, one the circuit does not have is an error.
+
+    Every parameter must be a finite real floating-point array. Floats of another
+    precision are converted to `dtype` (default: JAX's default float, float32 unless
+    x64 is on), because a run's precision is a choice of the run, not of the file:
+    `verify` writes float64, `evaluate` computes in float32, and both are the same
+    parameters; a value that does not fit the new precision (overflows to inf) is an
+    error. Integer, boolean, complex, string and object arrays are refused, not
+    converted: circuitc never writes them, and converting would hide a wrong file.
+
+    Raises:
+        CircuitError: naming the file and what is wrong with it.
+    """
+    from .npzfile import NpzReader
+
+    dtype = np.dtype(dtype or jnp.zeros(()).dtype)
+    with NpzReader(path, "parameter file") as npz:
+        members = npz.members
+        if model is not None:
+            want = model.shapes
+            missing = sorted(set(want) - set(members))
+            extra = [] if allow_extra else sorted(set(members) - set(want))
+            wrong = sorted(k for k in want if k in members and members[k].shape != tuple(want[k]))
+            if missing or extra or wrong:
+                detail = "; ".join(
+                    [f"missing {', '.join(missing)}"] * bool(missing)
+                    + [f"{k} is {members[k].shape}, the circuit wants {tuple(want[k])}" for k in wrong]
+                    + [f"the circuit has no {', '.join(extra)} (--allow-extra-params ignores them)"] * bool(extra)
+                )
+                raise npz.error(f"these parameters do not fit the circuit: {detail}")
+            keys = list(want)
+        else:
+            keys = list(members)
+        params = {}
+        for k in keys:
+            m = members[k]
+            if m.dtype.kind != "f":
+                raise npz.error(f"the parameter {k} holds {m.dtype} values; parameters are real "
+                                "floating-point numbers")
+            with np.errstate(over="ignore"):  # an overflow is reported below, as a non-finite value
+                a = npz.read(k).astype(dtype, copy=False)
+            if not np.all(np.isfinite(a)):
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+                how = f" ({m.dtype} values beyond {dtype}'s range)" if m.dtype != dtype else ""
+                raise npz.error(f"the parameter {k} has {bad} non-finite value(s) (NaN or inf){how}")
+            params[k] = jnp.asarray(a)
     return params
 
 
@@ -481,20 +514,62 @@ def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True)
 
 
 def _restore(out: Path, params, opt_state, P, Pt, manifest):
-    old = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    """The state saved in `out`, after checking that `run.json` describes this run and
+    that `checkpoint.npz` holds exactly the arrays this run has (shapes and dtypes from
+    its fresh state, headers checked before reading: `npzfile.py`)."""
+    from .npzfile import NpzReader
+
+    run = out / "run.json"
+    fix = "train into another --out, or start over with --force"
+    try:
+        old = json.loads(run.read_text())
+    except FileNotFoundError:
+        raise CircuitError(f"--resume: {run} is missing, so nothing says which file, settings and seed "
+                           f"made the checkpoint; {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CircuitError(f"--resume: {run} is damaged ({exc}); {fix}") from None
+    if not isinstance(old, dict):
+        raise CircuitError(f"--resume: {run} is damaged (not a JSON object); {fix}")
     for key in ("file_sha256", "settings", "seed", "data", "method", "augment"):
         if old.get(key, [] if key == "augment" else None) != manifest.get(key):
             raise CircuitError(
                 f"--resume: {out} was trained with a different {key.replace('_', ' ')}; "
                 "resume with the same file and settings, or use another --out"
             )
-    with np.load(out / "checkpoint.npz", allow_pickle=False) as f:
-        params = {k: jnp.asarray(f[f"params/{k}"]) for k in params}
-        leaves, tree = jax.tree_util.tree_flatten(opt_state)
-        opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(f[f"opt/{i}"]) for i in range(len(leaves))])
-        P = {k: jnp.asarray(f[f"particles/train/{k}"]) for k in P}
-        Pt = {k: jnp.asarray(f[f"particles/test/{k}"]) for k in Pt}
-        history = json.loads(str(f["history"]))
+    leaves, tree = jax.tree_util.tree_flatten(opt_state)
+    want = {f"params/{k}": v for k, v in params.items()}
+    want.update({f"opt/{i}": v for i, v in enumerate(leaves)})
+    want.update({f"particles/train/{k}": v for k, v in P.items()})
+    want.update({f"particles/test/{k}": v for k, v in Pt.items()})
+    with NpzReader(out / "checkpoint.npz", "checkpoint") as npz:
+        damaged = lambda why: npz.error(f"damaged checkpoint: {why}; {fix}")  # noqa: E731
+        have = npz.members
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want) - {"epoch", "history"})
+        if missing or extra or "epoch" not in have or "history" not in have:
+            raise damaged(f"it holds other arrays than this run's (missing {', '.join(missing) or 'none'}; "
+                          f"unexpected {', '.join(extra) or 'none'})")
+        for k, v in want.items():
+            if have[k].shape != tuple(v.shape) or have[k].dtype != np.dtype(v.dtype):
+                raise damaged(f"`{k}` is {have[k].describe()}, this run's is {tuple(v.shape)} {np.dtype(v.dtype)}")
+        if have["epoch"].shape != () or have["epoch"].dtype.kind not in "iu" or have["history"].shape != () \
+                or have["history"].dtype.kind != "U":
+            raise damaged("its `epoch` or `history` is not what train writes")
+        arrays = {k: npz.read(k) for k in want}
+        try:
+            history = json.loads(str(npz.read("history")))
+            epoch = int(npz.read("epoch"))
+        except ValueError as exc:
+            raise damaged(f"its history is not JSON ({exc})") from None
+        if not isinstance(history, list) or len(history) != epoch:
+            raise damaged(f"its history does not have the {epoch} epochs it claims")
+        bad = sorted(k for k in want if k.startswith("params/") and not np.all(np.isfinite(arrays[k])))
+        if bad:
+            raise damaged(f"non-finite values in {', '.join(bad)}")
+    params = {k: jnp.asarray(arrays[f"params/{k}"]) for k in params}
+    opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(arrays[f"opt/{i}"]) for i in range(len(leaves))])
+    P = {k: jnp.asarray(arrays[f"particles/train/{k}"]) for k in P}
+    Pt = {k: jnp.asarray(arrays[f"particles/test/{k}"]) for k in Pt}
     return params, opt_state, P, Pt, history
 
 

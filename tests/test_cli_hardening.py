@@ -7,9 +7,15 @@ Every case runs `python -m circuitlang` in a subprocess, as users run it.
 
 from __future__ import annotations
 
+import io
+import pickle
+import re
+import shutil
 import subprocess
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 
 from .conftest import ROOT
@@ -52,3 +58,130 @@ USAGE = {
 def test_numbers_out_of_range_are_usage_errors(name, tmp_path):
     args, message = USAGE[name]
     fails(circuitc(*args), 2, message, "(try `circuitc")
+
+
+# --------------------------------------------------------------- --params --
+def _npz(path, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _npy(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+GOOD = {"W1": np.full((16, 64), 0.01, np.float32), "W2": np.full((10, 16), 0.01, np.float32),
+        "h.bias": np.zeros(16, np.float32), "y.bias": np.zeros(10, np.float32)}
+
+# name: (how to write the file, what the error says after the file's name)
+BAD_PARAMS = {
+    "truncated": (lambda p: p.write_bytes(_zip_bytes(GOOD)[:700]), "not an .npz (zip) file, or truncated or damaged"),
+    "empty": (lambda p: p.write_bytes(b""), "is empty, not a parameter file"),
+    "a .npy": (lambda p: p.write_bytes(_npy(GOOD["W1"])), "is a single .npy array"),
+    "strings": (lambda p: _npz(p, **{**GOOD, "W1": np.full((16, 64), "a")}), "W1 holds <U1 values"),
+    "complex": (lambda p: _npz(p, **{**GOOD, "W2": GOOD["W2"] + 1j}), "W2 holds complex64 values"),
+    "objects": (lambda p: _npz(p, **{**GOOD, "W1": np.array([None, {}], object)}),
+                "the member `W1` holds Python objects"),
+    "a pickle member": (lambda p: _zip(p, {**{f"{k}.npy": _npy(v) for k, v in GOOD.items()},
+                                           "evil.npy": pickle.dumps({"a": 1})}),
+                        "the member `evil` is not a NumPy array"),
+    "a forged huge shape": (
+        lambda p: _zip(p, {f"{k}.npy": _npy(v).replace(b"(16, 64)", b"(1000000000000, 64)")
+                           for k, v in GOOD.items()}),
+        "the member `W1` declares (1000000000000, 64) float32 (233 TiB) but holds 4.01 KiB"),
+    "missing": (lambda p: _npz(p, W1=GOOD["W1"], W2=GOOD["W2"]), "missing h.bias, y.bias"),
+    "extra": (lambda p: _npz(p, **GOOD, W3=GOOD["W2"]), "the circuit has no W3 (--allow-extra-params"),
+    "wrong shape": (lambda p: _npz(p, **{**GOOD, "W2": GOOD["W1"]}), "W2 is (16, 64), the circuit wants (10, 16)"),
+    "nan": (lambda p: _npz(p, **{**GOOD, "h.bias": np.full(16, np.nan, np.float32)}),
+            "h.bias has 16 non-finite value(s)"),
+    "float64 beyond float32": (lambda p: _npz(p, **{**GOOD, "W2": np.full((10, 16), 1e300)}),
+                               "W2 has 160 non-finite value(s) (NaN or inf) (float64 values beyond float32's range)"),
+}
+
+
+def _zip_bytes(arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def param_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("params")
+    for name, (write, _) in BAD_PARAMS.items():
+        write(tmp / f"{name.replace(' ', '_')}.npz")
+    _npz(tmp / "float64.npz", **{k: v.astype(np.float64) for k, v in GOOD.items()})
+    _npz(tmp / "with_extra.npz", **GOOD, W3=GOOD["W2"])
+    return tmp
+
+
+@pytest.mark.parametrize("name", list(BAD_PARAMS))
+def test_bad_params_are_errors_naming_the_file(param_files, name):
+    path = param_files / f"{name.replace(' ', '_')}.npz"
+    fails(circuitc("evaluate", TINY, "--params", path), 1, f"error: {path}: ", BAD_PARAMS[name][1])
+
+
+@pytest.mark.parametrize("verb", ["simulate", "verify"])
+def test_every_verb_checks_its_params(param_files, verb, tmp_path):
+    path = param_files / "a_forged_huge_shape.npz"
+    fails(circuitc(verb, TINY, "--params", path, "--samples", 2, "--out", tmp_path), 1,
+          f"{path}: damaged parameter file: the member `W1` declares (1000000000000, 64)")
+
+
+def test_float64_params_are_converted_and_extra_ones_allowed_on_request(param_files):
+    """A float64 file (what verify computes in) evaluates in float32; extras only with the flag."""
+    for name, flags in (("float64", ()), ("with_extra", ("--allow-extra-params",))):
+        r = circuitc("evaluate", TINY, "--params", param_files / f"{name}.npz", *flags,
+                     "--set", "phase.free.steps=2")
+        assert r.returncode == 0, r.stderr
+        assert re.fullmatch(r"loss [0-9.]+ accuracy [0-9.]+\n", r.stdout), r.stdout
+
+
+# ---------------------------------------------------------------- --resume --
+FAST = ("--no-progress", "--set", "phase.free.steps=4", "--set", "phase.nudge.steps=2")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch run of the tiny circuit, to damage copies of."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    r = circuitc("train", TINY, "--epochs", 1, "--out", out, *FAST)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _damaged(run, tmp_path, damage):
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    damage(out)
+    return out
+
+
+DAMAGE = {
+    "truncated checkpoint": (
+        lambda d: (d / "checkpoint.npz").write_bytes((d / "checkpoint.npz").read_bytes()[:-100]),
+        "checkpoint.npz: is not a checkpoint: not an .npz (zip) file, or truncated or damaged"),
+    "checkpoint of another circuit": (
+        lambda d: _npz(d / "checkpoint.npz", **{"params/W1": GOOD["W1"], "epoch": np.asarray(1),
+                                               "history": np.asarray("[{}]")}),
+        "checkpoint.npz: damaged checkpoint: it holds other arrays than this run's (missing params/W2"),
+    "missing run.json": (lambda d: (d / "run.json").unlink(), "run.json is missing, so nothing says which file"),
+    "invalid run.json": (lambda d: (d / "run.json").write_text('{"seed": 0,'), "run.json is damaged ("),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(DAMAGE))
+def test_resume_reports_a_damaged_run_as_such(finished_run, tmp_path, name):
+    damage, message = DAMAGE[name]
+    out = _damaged(finished_run, tmp_path, damage)
+    err = fails(circuitc("train", TINY, "--epochs", 2, "--out", out, "--resume", *FAST), 1, f"{out}/", message)
+    assert "different file sha256" not in err
