@@ -105,7 +105,10 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_POSITIVE, metavar="N", help="default: the file's `epochs`, else 10")
     t.add_argument("--out", metavar="DIR", help="where params, metrics and plots go (default runs/NAME)")
     t.add_argument("--seed", type=_SEED, default=0)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    again.add_argument("--force", action="store_true",
+                       help="delete the finished run in --out and start over (default: refuse to overwrite it)")
     t.add_argument("--devices", type=_POSITIVE, default=1, metavar="N", help="shard each batch over N devices")
     t.add_argument("--estimator", metavar="METHOD", help="override the file's estimator")
     t.add_argument("--augment", default="", metavar="OPS",
@@ -356,6 +359,7 @@ def _train(args) -> int:
     result = train(
         model, data, args.epochs, seed=args.seed, out=out, resume=args.resume, devices=args.devices,
         method=args.estimator, progress=not args.no_progress, data_spec=args.data, augment=args.augment,
+        force=args.force,
     )
     last = result.history[-1] if result.history else {}
     parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy") if k in last]
@@ -398,8 +402,10 @@ def _params(model, args, dtype=None):
 
 
 def _simulate(args) -> int:
+    from .rundir import make_dir
     from .simulate import simulate
 
+    make_dir(args.out)  # before the work: a path that cannot be a directory is known now
     model = _model(args)
     data = _data(args.data)
     x, y = _samples(model, data, args.samples)
@@ -436,6 +442,10 @@ def _verify(args) -> int:
     from . import verify as V
 
     betas = args.betas
+    if args.out:
+        from .rundir import make_dir
+
+        make_dir(args.out)  # before the work
     if not args.float32:
         jax.config.update("jax_enable_x64", True)
     model = _model(args)
@@ -449,17 +459,21 @@ def _verify(args) -> int:
     rows = V.verify(model, params, x.astype(dtype), y.astype(dtype), method, betas, report=print)
     print(V.format_table(rows, method))
     if args.out:
-        from pathlib import Path
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         import csv
+        import io
 
-        with open(out / "verify.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        V.plot(rows, out / "verify.png", method)
+        from .rundir import atomic_write, make_dir
+
+        out = make_dir(args.out)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(out / "verify.csv", buf.getvalue().encode())
+        try:
+            V.plot(rows, out / "verify.png", method)
+        except OSError as exc:
+            raise CircuitError(f"{out / 'verify.png'}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {out}/verify.csv and verify.png")
     return 0
 

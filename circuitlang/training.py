@@ -22,6 +22,7 @@ parallel; parameters replicated) — the same program scales to many GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -46,6 +47,8 @@ from .layout import describe
 from .errors import CircuitError
 from .model import Model
 from .optim import DEFAULT_LR, RULES_LR, make_optimizer
+from .rundir import atomic_write as _atomic_write
+from .rundir import claim
 
 __all__ = ["TrainResult", "train", "evaluate", "save_params", "load_params"]
 
@@ -60,15 +63,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------- files --
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -303,12 +297,16 @@ def _sharding(devices: int):
 def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: str | Path | None = None,
           resume: bool = False, devices: int = 1, method: str | None = None, progress: bool = True,
           data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None,
-          augment: tuple[str, ...] | str = ()) -> TrainResult:
+          augment: tuple[str, ...] | str = (), force: bool = False) -> TrainResult:
     """Train `model` on `data` (a `circuitlang.data.Dataset`).
 
     Returns the final parameters and the per-epoch metrics. See the module
     docstring for what is written under `out`. `augment` ("crop,flip" or a tuple)
     randomly augments each training batch of images, inside the jitted epoch.
+
+    `out` is held for the whole run (`rundir.claim`): another run writing there is an
+    error, and so is a finished run there, unless `resume` (continue it) or `force`
+    (delete its files and start over).
     """
     learn = model.learning
     if learn is None:
@@ -366,59 +364,58 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     start = 0
     out_dir = Path(out) if out is not None else None
     manifest = _manifest(model, data, data_spec, seed, method, epochs, devices, augment)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".*.tmp*"):  # left by a run killed while writing
-            stale.unlink(missing_ok=True)
-        if resume and (out_dir / "checkpoint.npz").exists():
-            params, opt_state, P, Pt, history = _restore(out_dir, params, opt_state, P, Pt, manifest)
-            start = len(history)
-            _save_epoch(out_dir, params, opt_state, P, Pt, history, plot=start >= epochs)  # metrics catch up
-        elif resume:
-            raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
-        _atomic_write(out_dir / "run.json", json.dumps(manifest, indent=2).encode())
-
-    bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
-    base = jax.random.key(seed)
-    last_plot = 0.0
-    warned: set[str] = set()
-    for e in bar:
-        t0 = time.perf_counter()
-        params, opt_state, loss, acc, P, fit = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
-        loss = float(loss)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
-        if classify:
-            row["train_accuracy"] = float(acc)
-        classes = None
-        if eval_fn is not None:
-            t1 = time.perf_counter()
-            tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt)
-            row["test_loss"] = float(tl)
-            if classify:
-                row["test_accuracy"] = float(ta)
-            row["eval_seconds"] = time.perf_counter() - t1
-            classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
-            fit = {**fit, **tfit}
-        row.update({k: float(v) for k, v in sorted(fit.items())})
-        if not np.isfinite(loss):
-            # name the population whose state blew up, with its line, when the relaxation shows it
-            model.relax_result(params, X[:batch], None, layout="compiled")
-            raise CircuitError(
-                f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
-            )
-        _check_health(model, row, classes, learn.health, warned, bar)
-        history.append(row)
+    held = claim(out_dir, resume=resume, force=force) if out_dir is not None else contextlib.nullcontext()
+    with held:  # the lock on `out` (and its stale temporaries gone) for the whole run
         if out_dir is not None:
-            # the plot costs ~0.1-1 s: draw it at most every 10 s, and after the last epoch
-            plot = e == epochs - 1 or time.perf_counter() - last_plot > 10.0
-            _save_epoch(out_dir, params, opt_state, P, Pt, history, plot)
-            if plot:
-                last_plot = time.perf_counter()
-        if on_epoch is not None:
-            on_epoch(row)
-        _postfix(bar, row)
-    return TrainResult(params, history, out_dir)
+            if resume and (out_dir / "checkpoint.npz").exists():
+                params, opt_state, P, Pt, history = _restore(out_dir, params, opt_state, P, Pt, manifest)
+                start = len(history)
+                _save_epoch(out_dir, params, opt_state, P, Pt, history, plot=start >= epochs)  # metrics catch up
+            elif resume:
+                raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
+            _atomic_write(out_dir / "run.json", json.dumps(manifest, indent=2).encode())
+
+        bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
+        base = jax.random.key(seed)
+        last_plot = 0.0
+        warned: set[str] = set()
+        for e in bar:
+            t0 = time.perf_counter()
+            params, opt_state, loss, acc, P, fit = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
+            loss = float(loss)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
+            if classify:
+                row["train_accuracy"] = float(acc)
+            classes = None
+            if eval_fn is not None:
+                t1 = time.perf_counter()
+                tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt)
+                row["test_loss"] = float(tl)
+                if classify:
+                    row["test_accuracy"] = float(ta)
+                row["eval_seconds"] = time.perf_counter() - t1
+                classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
+                fit = {**fit, **tfit}
+            row.update({k: float(v) for k, v in sorted(fit.items())})
+            if not np.isfinite(loss):
+                # name the population whose state blew up, with its line, when the relaxation shows it
+                model.relax_result(params, X[:batch], None, layout="compiled")
+                raise CircuitError(
+                    f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
+                )
+            _check_health(model, row, classes, learn.health, warned, bar)
+            history.append(row)
+            if out_dir is not None:
+                # the plot costs ~0.1-1 s: draw it at most every 10 s, and after the last epoch
+                plot = e == epochs - 1 or time.perf_counter() - last_plot > 10.0
+                _save_epoch(out_dir, params, opt_state, P, Pt, history, plot)
+                if plot:
+                    last_plot = time.perf_counter()
+            if on_epoch is not None:
+                on_epoch(row)
+            _postfix(bar, row)
+        return TrainResult(params, history, out_dir)
 
 
 def _check_health(model: Model, row: dict, classes, policy: str, warned: set[str], bar) -> None:

@@ -8,11 +8,16 @@ Every case runs `python -m circuitlang` in a subprocess, as users run it.
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -185,3 +190,97 @@ def test_resume_reports_a_damaged_run_as_such(finished_run, tmp_path, name):
     out = _damaged(finished_run, tmp_path, damage)
     err = fails(circuitc("train", TINY, "--epochs", 2, "--out", out, "--resume", *FAST), 1, f"{out}/", message)
     assert "different file sha256" not in err
+
+
+# ---------------------------------------------------------- run directories --
+def test_out_that_cannot_be_a_directory(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    fails(circuitc("train", TINY, "--out", tmp_path / "a_file", *FAST), 1,
+          f"--out {tmp_path}/a_file: is a file, not a directory")
+    fails(circuitc("simulate", TINY, "--out", tmp_path / "a_file" / "run"), 1,
+          f"--out {tmp_path}/a_file/run: cannot create the directory (Not a directory)")
+    assert (tmp_path / "a_file").read_text() == "not a directory"
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs, which refuses new files even to root")
+def test_out_on_a_filesystem_that_refuses_writes():
+    """Tests run as root, whom chmod does not stop; sysfs refuses files to everyone."""
+    fails(circuitc("train", TINY, "--out", "/sys/circuitlang-run", *FAST), 1,
+          "--out /sys/circuitlang-run: cannot create the directory (")
+    fails(circuitc("train", TINY, "--out", "/sys/kernel", *FAST), 1,
+          "--out /sys/kernel: cannot write in the directory (")
+
+
+def _file_size_limit(nbytes):
+    def limit():  # in the child: writes past `nbytes` fail (EFBIG), as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # kept across exec: an error, not a kill
+    return limit
+
+
+@pytest.mark.slow
+def test_a_disk_that_refuses_the_write(tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse a write past 2 KiB, as a full disk refuses any:
+    the run stops with exit 1 naming the file, and leaves no temporary behind."""
+    out = tmp_path / "run"
+    r = circuitc("train", TINY, "--epochs", 1, "--out", out, *FAST, preexec_fn=_file_size_limit(2048),
+                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    err = fails(r, 1, f"error: {out}/", ": cannot write (File too large)")
+    assert [n for n in os.listdir(out) if ".tmp" in n] == [], err
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_not_overwritten(finished_run, tmp_path):
+    out = _damaged(finished_run, tmp_path, lambda d: None)
+    before = (out / "metrics.json").read_bytes()
+    fails(circuitc("train", TINY, "--epochs", 1, "--out", out, *FAST, "--seed", 3), 1,
+          f"{out} already holds a run (checkpoint.npz, metrics.json); continue it with --resume, "
+          "start it over with --force")
+    assert (out / "metrics.json").read_bytes() == before
+    fails(circuitc("train", TINY, "--out", out, "--resume", "--force"), 2,
+          "argument --force: not allowed with argument --resume")
+    r = circuitc("train", TINY, "--epochs", 1, "--out", out, *FAST, "--seed", 3, "--force")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "run.json").read_text())["seed"] == 3
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "metrics.csv", "metrics.json",
+                                       "params.npz", "run.json"]
+
+
+@pytest.mark.slow
+def test_only_the_temporaries_of_gone_writers_are_removed(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    live = subprocess.Popen(["sleep", "120"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        (out / f".params.npz.tmp{live.pid}").write_bytes(b"another run's write, in flight")
+        (out / f".metrics.json.tmp{gone.pid}").write_bytes(b"left by a killed run")
+        r = circuitc("train", TINY, "--epochs", 1, "--out", out, *FAST)
+        assert r.returncode == 0, r.stderr
+        assert [n for n in os.listdir(out) if ".tmp" in n] == [f".params.npz.tmp{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_directory(tmp_path):
+    """The second run stops, naming the first's pid; a kill -9 frees the directory."""
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "circuitlang", "train", TINY, "--epochs", "100000",
+                              "--out", out, *FAST], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.05)
+        fails(circuitc("train", TINY, "--epochs", 1, "--out", out, "--resume", *FAST), 1,
+              f"another run (pid {first.pid}) is writing {out}; wait for it to finish, or train into another --out")
+        assert first.poll() is None, "the second run stopped the first"
+    finally:
+        first.kill()
+        first.wait()
+    r = circuitc("train", TINY, "--epochs", 1, "--out", out, "--resume", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert not (out / ".lock").exists()
