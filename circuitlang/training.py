@@ -46,7 +46,7 @@ from . import __version__, health, learning
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
-from .optim import DEFAULT_LR, RULES_LR, make_optimizer
+from .optim import DEFAULT_LR, RULES_LR, make_optimizer, rates
 from .rundir import atomic_write as _atomic_write
 from .rundir import claim
 
@@ -624,6 +624,8 @@ def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augm
         "method": method,
         "seed": seed,
         "data": getattr(data, "spec", None) or data_spec or data.name,
+        # what each parameter learns at (before any schedule), whatever the file and --set said
+        "learning_rates": rates(learn.optimizer, model.trainable, RULES_LR if learn.method == "rules" else DEFAULT_LR),
         "epochs": epochs,
         "devices": devices,
         "augment": list(augment),

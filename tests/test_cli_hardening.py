@@ -284,3 +284,67 @@ def test_two_runs_into_one_directory(tmp_path):
     r = circuitc("train", TINY, "--epochs", 1, "--out", out, "--resume", *FAST)
     assert r.returncode == 0, r.stderr
     assert not (out / ".lock").exists()
+
+
+# ------------------------------------------------------ --set optimizer.lr --
+@pytest.mark.slow
+def test_set_optimizer_lr_sets_every_rate_and_run_json_says_so(tmp_path):
+    """tiny_hopfield.circ gives every weight its own rate (`lr W1=0.8, W2=0.4, ...`): `optimizer.lr`
+    used to change nothing while run.json recorded it. Now it sets them all, `optimizer.lr.W1`
+    wins for its weight (given before or after), and run.json records the rates in effect;
+    `optimizer.lr=0` therefore leaves the parameters where they started."""
+    runs = {
+        "zero": ("--set", "optimizer.lr=0"),
+        "mixed": ("--set", "optimizer.lr.W1=0.2", "--set", "optimizer.lr=0.3"),
+        "file": (),
+    }
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-m", "circuitlang", "train", TINY, "--epochs", "1", "--out", str(tmp_path / name),
+         *FAST, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, flags in runs.items()}
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, (name, err)
+    rates = {name: json.loads((tmp_path / name / "run.json").read_text())["learning_rates"] for name in runs}
+    assert rates == {
+        "zero": {"W1": 0.0, "W2": 0.0, "h.bias": 0.0, "y.bias": 0.0},
+        "mixed": {"W1": 0.2, "W2": 0.3, "h.bias": 0.3, "y.bias": 0.3},
+        "file": {"W1": 0.8, "W2": 0.4, "h.bias": 0.8, "y.bias": 0.4},
+    }
+    with np.load(tmp_path / "zero" / "params.npz") as zero, np.load(tmp_path / "file" / "params.npz") as file:
+        with np.load(tmp_path / "zero" / "checkpoint.npz") as ck:
+            assert int(ck["epoch"]) == 1
+        # the same seed starts both runs from the same parameters: lr 0 is that start
+        init = _initial_params(TINY)
+        for k in init:
+            assert np.array_equal(zero[k], init[k]), k
+            assert not np.array_equal(file[k], init[k]), k
+
+
+def _initial_params(path):
+    """The parameters `train --seed 0` starts from (what zero epochs return)."""
+    r = subprocess.run([sys.executable, "-c", INIT, path], cwd=ROOT, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with np.load(io.BytesIO(r.stdout)) as f:
+        return {k: f[k] for k in f.files}
+
+
+INIT = r"""
+import io, sys, numpy as np, circuitlang as cl
+from circuitlang.data import load
+p = cl.train(cl.compile(cl.load(sys.argv[1])), load("digits"), 0, seed=0, progress=False).params  # 0 epochs
+buf = io.BytesIO(); np.savez(buf, **{k: np.asarray(v) for k, v in p.items()})
+sys.stdout.buffer.write(buf.getvalue())
+"""
+
+
+@pytest.mark.parametrize("settings", [
+    [("optimizer.lr.W1", "0.2"), ("optimizer.lr", "0.3")],
+    [("optimizer.lr", "0.3"), ("optimizer.lr.W1", "0.2")],
+])
+def test_one_weights_rate_wins_over_optimizer_lr_in_either_order(settings):
+    import circuitlang as cl
+    from circuitlang.optim import rates
+
+    model = cl.compile(cl.load(ROOT / TINY), dict(settings))
+    assert rates(model.learning.optimizer, model.trainable) == {"W1": 0.2, "W2": 0.3, "h.bias": 0.3, "y.bias": 0.3}
