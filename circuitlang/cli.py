@@ -1,7 +1,9 @@
 """`circuitc`: the command line. Thin: argparse, then calls into the library.
 
-Exit codes: 0 ok, 1 the `.circ` file has errors, 2 bad usage.
-`--debug` shows Python tracebacks instead of hiding them.
+Exit codes: 0 ok; 1 the `.circ` file, the data, the parameters or the
+filesystem are at fault (the message names the file); 2 bad usage (every
+number's range is checked by its argparse type, below); 3 an internal error,
+a bug. `--debug` shows Python tracebacks instead of hiding them.
 """
 
 from __future__ import annotations
