@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -86,8 +85,8 @@ def load_params(path: str | Path, model: Model | None = None, dtype: Any = None,
     Every parameter must be a finite real floating-point array. Floats of another
     precision are converted to `dtype` (default: JAX's default float, float32 unless
     x64 is on), because a run's precision is a choice of the run, not of the file:
-    `verify` writes float64, `evaluate` computes in float32, and both are the same
-    parameters; a value that does not fit the new precision (overflows to inf) is an
+    parameters trained or saved in float64 are the same parameters in a float32
+    `evaluate` (and float32 ones in `verify`'s float64); a value that does not fit the new precision (overflows to inf) is an
     error. Integer, boolean, complex, string and object arrays are refused, not
     converted: circuitc never writes them, and converting would hide a wrong file.
 
