@@ -1,7 +1,9 @@
 """`circuitc`: the command line. Thin: argparse, then calls into the library.
 
-Exit codes: 0 ok, 1 the `.circ` file has errors, 2 bad usage.
-`--debug` shows Python tracebacks instead of hiding them.
+Exit codes: 0 ok; 1 the `.circ` file, the data, the parameters or the
+filesystem are at fault (the message names the file); 2 bad usage (every
+number's range is checked by its argparse type, below); 3 an internal error,
+a bug. `--debug` shows Python tracebacks instead of hiding them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,47 @@ class _Parser(argparse.ArgumentParser):
         raise _Usage(f"{self.prog}: error: {message}\n(try `{self.prog} -h`)")
 
 
+# ------------------------------------------------------- argument types --
+# Every number the command line takes is checked here, so that a value out of
+# range is bad usage (exit 2) and never reaches the library as a crash.
+def _integer(lo: int, hi: int | None = None, why: str = ""):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {bound}{why}")
+        return value
+    return parse
+
+
+_POSITIVE = _integer(1)
+_SEED = _integer(0, 2**32 - 1, " (a 32-bit seed; larger ones would repeat smaller ones' numbers)")
+
+
+def _betas(text: str) -> list[float]:
+    """`--betas 1,0.1,0.01`: finite, non-zero nudging strengths."""
+    import math
+
+    betas = []
+    for item in (b.strip() for b in text.split(",")):
+        if not item:
+            continue
+        try:
+            beta = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number (write e.g. 1,0.1,0.01)") from None
+        if not math.isfinite(beta) or beta == 0:
+            raise argparse.ArgumentTypeError(f"{item}: each beta must be a finite, non-zero number")
+        betas.append(beta)
+    if not betas:
+        raise argparse.ArgumentTypeError("give at least one beta, e.g. 1,0.1,0.01")
+    return betas
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="circuitc",
@@ -48,6 +91,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="output file; its extension picks the format (.svg .png .pdf .dot)")
     r.add_argument("--no-legend", action="store_true", help="leave out the legend")
 
+    def with_params(sp, required=False, help="trained parameters (an .npz written by train)"):
+        sp.add_argument("--params", required=required, metavar="NPZ", help=help)
+        sp.add_argument("--allow-extra-params", action="store_true",
+                        help="ignore arrays in --params that the circuit does not have (default: an error)")
+
     def with_settings(sp):
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                         help="change a param or setting: tau=2, phase.free.steps=500, learn.batch=64, optimizer.lr=0.1")
@@ -56,11 +104,14 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("file", metavar="FILE")
     t.add_argument("--data", default="digits", metavar="SPEC",
                    help="digits (default), fashion-mnist[:DIR], mnist:DIR, synthetic[:k=v,...], npz:PATH")
-    t.add_argument("--epochs", type=int, metavar="N", help="default: the file's `epochs`, else 10")
+    t.add_argument("--epochs", type=_POSITIVE, metavar="N", help="default: the file's `epochs`, else 10")
     t.add_argument("--out", metavar="DIR", help="where params, metrics and plots go (default runs/NAME)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--devices", type=int, default=1, metavar="N", help="shard each batch over N devices")
+    t.add_argument("--seed", type=_SEED, default=0)
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    again.add_argument("--force", action="store_true",
+                       help="delete the finished run in --out and start over (default: refuse to overwrite it)")
+    t.add_argument("--devices", type=_POSITIVE, default=1, metavar="N", help="shard each batch over N devices")
     t.add_argument("--estimator", metavar="METHOD", help="override the file's estimator")
     t.add_argument("--augment", default="", metavar="OPS",
                    help="random augmentation of image batches: crop (pad 4, random crop), flip; e.g. crop,flip")
@@ -72,7 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate trained parameters")
     ev.add_argument("file", metavar="FILE")
-    ev.add_argument("--params", required=True, metavar="NPZ")
+    with_params(ev, required=True)
     ev.add_argument("--data", default="digits", metavar="SPEC")
     ev.add_argument("--split", choices=("test", "train"), default="test")
     with_settings(ev)
@@ -80,21 +131,22 @@ def _build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("simulate", help="run the phases on a few samples and record the states")
     sm.add_argument("file", metavar="FILE")
     sm.add_argument("--data", default="digits", metavar="SPEC")
-    sm.add_argument("--samples", type=int, default=4, metavar="K")
+    sm.add_argument("--samples", type=_POSITIVE, default=4, metavar="K")
     sm.add_argument("--record", metavar="POPS", help="comma-separated populations (default: the free ones)")
-    sm.add_argument("--params", metavar="NPZ", help="trained parameters (default: a fresh initialisation)")
-    sm.add_argument("--seed", type=int, default=0)
+    with_params(sm, help="trained parameters (default: a fresh initialisation)")
+    sm.add_argument("--seed", type=_SEED, default=0)
     sm.add_argument("--out", required=True, metavar="DIR")
     with_settings(sm)
 
     vf = sub.add_parser("verify", help="compare the learning rule with the true gradient over a sweep of beta")
     vf.add_argument("file", metavar="FILE")
     vf.add_argument("--data", default="digits", metavar="SPEC")
-    vf.add_argument("--samples", type=int, default=16, metavar="K")
-    vf.add_argument("--betas", default=",".join(str(b) for b in (1.0, 0.5, 0.1, 0.05, 0.01, 0.001)))
+    vf.add_argument("--samples", type=_POSITIVE, default=16, metavar="K")
+    vf.add_argument("--betas", type=_betas, default=[1.0, 0.5, 0.1, 0.05, 0.01, 0.001], metavar="B,B,...",
+                    help="nudging strengths to sweep: finite, non-zero (default 1,0.5,0.1,0.05,0.01,0.001)")
     vf.add_argument("--estimator", metavar="METHOD")
-    vf.add_argument("--params", metavar="NPZ")
-    vf.add_argument("--seed", type=int, default=0)
+    with_params(vf, help="trained parameters (default: a fresh initialisation)")
+    vf.add_argument("--seed", type=_SEED, default=0)
     vf.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     vf.add_argument("--out", metavar="DIR", help="also write verify.csv and verify.png here")
     with_settings(vf)
@@ -104,7 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--emit", choices=("jaxpr", "hlo"), default="jaxpr")
     cp.add_argument("--fn", choices=("estimate", "relax"), default="estimate",
                     help="the training step's estimate (default) or the free relaxation")
-    cp.add_argument("--batch", type=int, metavar="B", help="default: the file's batch")
+    cp.add_argument("--batch", type=_POSITIVE, metavar="B", help="default: the file's batch")
     cp.add_argument("-o", "--output", metavar="OUT")
     with_settings(cp)
     return p
@@ -309,6 +361,7 @@ def _train(args) -> int:
     result = train(
         model, data, args.epochs, seed=args.seed, out=out, resume=args.resume, devices=args.devices,
         method=args.estimator, progress=not args.no_progress, data_spec=args.data, augment=args.augment,
+        force=args.force,
     )
     last = result.history[-1] if result.history else {}
     parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy", "test_mse") if k in last]
@@ -323,7 +376,7 @@ def _evaluate(args) -> int:
     from .training import evaluate, load_params
 
     model = _model(args)
-    params = load_params(args.params, model)
+    params = load_params(args.params, model, allow_extra=args.allow_extra_params)
     data = _data(args.data)
     result = evaluate(model, params, data, args.split)
     print(" ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -346,13 +399,15 @@ def _params(model, args, dtype=None):
     from .training import load_params
 
     if args.params:
-        return load_params(args.params, model)
+        return load_params(args.params, model, dtype, allow_extra=args.allow_extra_params)
     return model.init(jax.random.key(args.seed), dtype)
 
 
 def _simulate(args) -> int:
+    from .rundir import make_dir
     from .simulate import simulate
 
+    make_dir(args.out)  # before the work: a path that cannot be a directory is known now
     model = _model(args)
     data = _data(args.data)
     x, y = _samples(model, data, args.samples)
@@ -388,7 +443,11 @@ def _verify(args) -> int:
 
     from . import verify as V
 
-    betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    betas = args.betas
+    if args.out:
+        from .rundir import make_dir
+
+        make_dir(args.out)  # before the work
     if not args.float32:
         jax.config.update("jax_enable_x64", True)
     model = _model(args)
@@ -402,17 +461,21 @@ def _verify(args) -> int:
     rows = V.verify(model, params, x.astype(dtype), y.astype(dtype), method, betas, report=print)
     print(V.format_table(rows, method))
     if args.out:
-        from pathlib import Path
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         import csv
+        import io
 
-        with open(out / "verify.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        V.plot(rows, out / "verify.png", method)
+        from .rundir import atomic_write, make_dir
+
+        out = make_dir(args.out)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(out / "verify.csv", buf.getvalue().encode())
+        try:
+            V.plot(rows, out / "verify.png", method)
+        except OSError as exc:
+            raise CircuitError(f"{out / 'verify.png'}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {out}/verify.csv and verify.png")
     return 0
 

@@ -18,7 +18,7 @@ import optax
 from . import primitives as P
 from .graph import OptimizerSpec
 
-__all__ = ["make_optimizer", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
+__all__ = ["make_optimizer", "rates", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
 
 DEFAULT_LR = 0.01
 RULES_LR = 1.0  # `learn rules`: the rules' own constants set the step; SGD applies them as written
@@ -60,11 +60,19 @@ def _one(spec: OptimizerSpec | None, lr: float, total_steps: int) -> optax.Gradi
     return P.OPTIMIZERS[name].load()(_schedule(spec, lr, total_steps), settings)
 
 
-def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
-                   total_steps: int, default_lr: float = DEFAULT_LR) -> optax.GradientTransformation:
-    """One optax transformation for the whole params dict."""
+def rates(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
+          default_lr: float = DEFAULT_LR) -> dict[str, float]:
+    """The learning rate in effect for each parameter, before any schedule: its own
+    (`lr W1=0.1`), else the block's (`lr 0.1`), else `default_lr`; 0 for a fixed one."""
     base = spec.lr if (spec and spec.lr is not None) else default_lr
     per = dict(spec.lr_per_param) if spec else {}
+    return {name: float(per.get(name, base)) if learns else 0.0 for name, learns in trainable.items()}
+
+
+def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
+                   total_steps: int, default_lr: float = DEFAULT_LR) -> optax.GradientTransformation:
+    """One optax transformation for the whole params dict, each parameter at its rate (`rates`)."""
+    lr = rates(spec, trainable, default_lr)
     transforms = {}
     labels = {}
     for name, learns in trainable.items():
@@ -72,6 +80,6 @@ def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
             labels[name] = "__fixed__"
             continue
         labels[name] = name
-        transforms[name] = _one(spec, per.get(name, base), total_steps)
+        transforms[name] = _one(spec, lr[name], total_steps)
     transforms["__fixed__"] = optax.set_to_zero()
     return optax.multi_transform(transforms, labels)

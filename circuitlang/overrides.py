@@ -6,8 +6,12 @@ Keys (the same for `cl.compile(..., overrides=...)` and the CLI):
 * ``phase.NAME.SETTING`` — a phase setting (``phase.free.steps``); ``true`` /
   ``false`` turn a flag like ``forward`` on or off
 * ``learn.SETTING`` — ``learn.batch``, ``learn.estimator``, ...
-* ``optimizer.SETTING`` — ``optimizer.lr``, ``optimizer.momentum``;
-  ``optimizer.lr.W1`` sets one weight's learning rate
+* ``optimizer.SETTING`` — ``optimizer.lr``, ``optimizer.momentum``.
+  ``optimizer.lr`` sets every parameter's learning rate: the file's per-weight
+  rates (``lr W1=0.1, W2=0.05``) are dropped, since a user who sets "the
+  learning rate" means all of them (a change that silently reached no weight
+  was the alternative). ``optimizer.lr.W1`` sets one weight's rate, and wins over
+  ``optimizer.lr`` whatever the order they are given in.
 
 Overrides rewrite the syntax tree, so the checker sees them like any other
 value: a bad override is reported like a bad line, located at ``--set KEY``.
@@ -69,7 +73,8 @@ def apply_overrides(program: S.Program, overrides: Mapping[str, Any]) -> S.Progr
         return program
     statements = list(program.statements)
     errors: list[Diagnostic] = []
-    for key, raw in overrides.items():
+    # `optimizer.lr` first: it drops the per-weight rates, and `optimizer.lr.W1` then adds its own
+    for key, raw in sorted(overrides.items(), key=lambda kv: kv[0] != "optimizer.lr"):
         span = Span(f"--set {key}", 0, 0, 0, 0)
         value = _value(key, raw, span)
         parts = key.split(".")
@@ -128,11 +133,9 @@ def apply_overrides(program: S.Program, overrides: Mapping[str, Any]) -> S.Progr
                 else:
                     lr = dataclasses.replace(lr, kwargs=tuple(k for k in lr.kwargs if k.key != parts[2]) + (kw,))
                 attrs = tuple(a for a in opt.attrs if a.key.name != "lr") + (lr,)
-            elif parts[1] == "lr":
-                old = next((a for a in opt.attrs if a.key.name == "lr"), None)
-                kwargs = old.kwargs if old is not None else ()
+            elif parts[1] == "lr":  # every rate: the file's per-weight ones go
                 attrs = tuple(a for a in opt.attrs if a.key.name != "lr") + (
-                    S.Attr(S.Ident("lr", span), value if not isinstance(value, bool) else None, kwargs, span),
+                    S.Attr(S.Ident("lr", span), value if not isinstance(value, bool) else None, (), span),
                 )
             else:
                 attrs = _set_attr(opt.attrs, parts[1], value, span)

@@ -27,7 +27,9 @@ import numpy as np
 from .errors import CircuitError
 from .lower.relax import tolerance
 from .model import Model
-from .training import _atomic_write, _npz_bytes
+from .rundir import atomic_write as _atomic_write
+from .rundir import make_dir
+from .training import _npz_bytes
 
 __all__ = ["simulate"]
 
@@ -98,7 +100,7 @@ def _compartments(model: Model) -> list[str]:
 
 
 def _write(results, out: Path, energy: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     arrays = {}
     for phase, r in results.items():
         arrays[f"{phase}/energy"] = r["energy"]

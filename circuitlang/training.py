@@ -22,13 +22,13 @@ parallel; parameters replicated) — the same program scales to many GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import io
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -45,7 +45,9 @@ from . import __version__, health, learning
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
-from .optim import DEFAULT_LR, RULES_LR, make_optimizer
+from .optim import DEFAULT_LR, RULES_LR, make_optimizer, rates
+from .rundir import atomic_write as _atomic_write
+from .rundir import claim
 
 __all__ = ["TrainResult", "train", "evaluate", "save_params", "load_params"]
 
@@ -60,15 +62,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------- files --
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -80,26 +73,59 @@ def save_params(params: dict[str, Any], path: str | Path) -> None:
     _atomic_write(Path(path), _npz_bytes({k: np.asarray(v) for k, v in params.items()}))
 
 
-def load_params(path: str | Path, model: Model | None = None) -> dict[str, Any]:
-    """Read parameters written by `save_params` (never unpickles); check them against `model`."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            params = {k: jnp.asarray(f[k]) for k in f.files}
-    except FileNotFoundError:
-        raise CircuitError(f"{path}: no such parameter file") from None
-    except (ValueError, OSError) as exc:
-        raise CircuitError(f"{path}: not a parameter file written by circuitc ({exc})") from None
-    if model is not None:
-        want = model.shapes
-        missing = sorted(set(want) - set(params))
-        wrong = sorted(k for k in want if k in params and tuple(params[k].shape) != tuple(want[k]))
-        if missing or wrong:
-            detail = "; ".join(
-                [f"missing {', '.join(missing)}"] * bool(missing)
-                + [f"{k} is {tuple(params[k].shape)}, the circuit wants {tuple(want[k])}" for k in wrong]
-            )
-            raise CircuitError(f"{path}: these parameters do not fit the circuit: {detail}")
-        params = {k: params[k] for k in want}
+def load_params(path: str | Path, model: Model | None = None, dtype: Any = None, *,
+                allow_extra: bool = False) -> dict[str, Any]:
+    """Read parameters written by `save_params`, checking everything before trusting it.
+
+    The zip and each member's header are checked before any data is read (see
+    `npzfile.py`; nothing is ever unpickled). With `model`, the file must hold
+    exactly its parameters (`model.shapes`): a missing one, a wrong shape or,
+    unless `allow_extra`, one the circuit does not have is an error.
+
+    Every parameter must be a finite real floating-point array. Floats of another
+    precision are converted to `dtype` (default: JAX's default float, float32 unless
+    x64 is on), because a run's precision is a choice of the run, not of the file:
+    parameters trained or saved in float64 are the same parameters in a float32
+    `evaluate` (and float32 ones in `verify`'s float64); a value that does not fit the new precision (overflows to inf) is an
+    error. Integer, boolean, complex, string and object arrays are refused, not
+    converted: circuitc never writes them, and converting would hide a wrong file.
+
+    Raises:
+        CircuitError: naming the file and what is wrong with it.
+    """
+    from .npzfile import NpzReader
+
+    dtype = np.dtype(dtype or jnp.zeros(()).dtype)
+    with NpzReader(path, "parameter file") as npz:
+        members = npz.members
+        if model is not None:
+            want = model.shapes
+            missing = sorted(set(want) - set(members))
+            extra = [] if allow_extra else sorted(set(members) - set(want))
+            wrong = sorted(k for k in want if k in members and members[k].shape != tuple(want[k]))
+            if missing or extra or wrong:
+                detail = "; ".join(
+                    [f"missing {', '.join(missing)}"] * bool(missing)
+                    + [f"{k} is {members[k].shape}, the circuit wants {tuple(want[k])}" for k in wrong]
+                    + [f"the circuit has no {', '.join(extra)} (--allow-extra-params ignores them)"] * bool(extra)
+                )
+                raise npz.error(f"these parameters do not fit the circuit: {detail}")
+            keys = list(want)
+        else:
+            keys = list(members)
+        params = {}
+        for k in keys:
+            m = members[k]
+            if m.dtype.kind != "f":
+                raise npz.error(f"the parameter {k} holds {m.dtype} values; parameters are real "
+                                "floating-point numbers")
+            with np.errstate(over="ignore"):  # an overflow is reported below, as a non-finite value
+                a = npz.read(k).astype(dtype, copy=False)
+            if not np.all(np.isfinite(a)):
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+                how = f" ({m.dtype} values beyond {dtype}'s range)" if m.dtype != dtype else ""
+                raise npz.error(f"the parameter {k} has {bad} non-finite value(s) (NaN or inf){how}")
+            params[k] = jnp.asarray(a)
     return params
 
 
@@ -283,12 +309,16 @@ def _sharding(devices: int):
 def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: str | Path | None = None,
           resume: bool = False, devices: int = 1, method: str | None = None, progress: bool = True,
           data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None,
-          augment: tuple[str, ...] | str = ()) -> TrainResult:
+          augment: tuple[str, ...] | str = (), force: bool = False) -> TrainResult:
     """Train `model` on `data` (a `circuitlang.data.Dataset`).
 
     Returns the final parameters and the per-epoch metrics. See the module
     docstring for what is written under `out`. `augment` ("crop,flip" or a tuple)
     randomly augments each training batch of images, inside the jitted epoch.
+
+    `out` is held for the whole run (`rundir.claim`): another run writing there is an
+    error, and so is a finished run there, unless `resume` (continue it) or `force`
+    (delete its files and start over).
     """
     learn = model.learning
     if learn is None:
@@ -346,63 +376,62 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     start = 0
     out_dir = Path(out) if out is not None else None
     manifest = _manifest(model, data, data_spec, seed, method, epochs, devices, augment)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".*.tmp*"):  # left by a run killed while writing
-            stale.unlink(missing_ok=True)
-        if resume and (out_dir / "checkpoint.npz").exists():
-            params, opt_state, P, Pt, history = _restore(out_dir, params, opt_state, P, Pt, manifest)
-            start = len(history)
-            _save_epoch(out_dir, params, opt_state, P, Pt, history, plot=start >= epochs)  # metrics catch up
-        elif resume:
-            raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
-        _atomic_write(out_dir / "run.json", json.dumps(manifest, indent=2).encode())
-
-    bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
-    base = jax.random.key(seed)
-    last_plot = 0.0
-    warned: set[str] = set()
-    for e in bar:
-        t0 = time.perf_counter()
-        params, opt_state, loss, acc, P, fit = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
-        loss = float(loss)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
-        if classify:
-            row["train_accuracy"] = float(acc)
-        else:
-            row["train_mse"] = float(acc) / data.output_size
-        classes = None
-        if eval_fn is not None:
-            t1 = time.perf_counter()
-            tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt)
-            row["test_loss"] = float(tl)
-            if classify:
-                row["test_accuracy"] = float(ta)
-            else:
-                row["test_mse"] = float(ta) / data.output_size
-            row["eval_seconds"] = time.perf_counter() - t1
-            classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
-            fit = {**fit, **tfit}
-        row.update({k: float(v) for k, v in sorted(fit.items())})
-        if not np.isfinite(loss):
-            # name the population whose state blew up, with its line, when the relaxation shows it
-            model.relax_result(params, X[:batch], None, layout="compiled")
-            raise CircuitError(
-                f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
-            )
-        _check_health(model, row, classes, learn.health, warned, bar)
-        history.append(row)
+    held = claim(out_dir, resume=resume, force=force) if out_dir is not None else contextlib.nullcontext()
+    with held:  # the lock on `out` (and its stale temporaries gone) for the whole run
         if out_dir is not None:
-            # the plot costs ~0.1-1 s: draw it at most every 10 s, and after the last epoch
-            plot = e == epochs - 1 or time.perf_counter() - last_plot > 10.0
-            _save_epoch(out_dir, params, opt_state, P, Pt, history, plot)
-            if plot:
-                last_plot = time.perf_counter()
-        if on_epoch is not None:
-            on_epoch(row)
-        _postfix(bar, row)
-    return TrainResult(params, history, out_dir)
+            if resume and (out_dir / "checkpoint.npz").exists():
+                params, opt_state, P, Pt, history = _restore(out_dir, params, opt_state, P, Pt, manifest)
+                start = len(history)
+                _save_epoch(out_dir, params, opt_state, P, Pt, history, plot=start >= epochs)  # metrics catch up
+            elif resume:
+                raise CircuitError(f"--resume: {out_dir} has no checkpoint.npz to resume from")
+            _atomic_write(out_dir / "run.json", json.dumps(manifest, indent=2).encode())
+
+        bar = _progress(range(start, epochs), progress, initial=start, total=epochs)
+        base = jax.random.key(seed)
+        last_plot = 0.0
+        warned: set[str] = set()
+        for e in bar:
+            t0 = time.perf_counter()
+            params, opt_state, loss, acc, P, fit = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
+            loss = float(loss)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
+            if classify:
+                row["train_accuracy"] = float(acc)
+            else:
+                row["train_mse"] = float(acc) / data.output_size
+            classes = None
+            if eval_fn is not None:
+                t1 = time.perf_counter()
+                tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt)
+                row["test_loss"] = float(tl)
+                if classify:
+                    row["test_accuracy"] = float(ta)
+                else:
+                    row["test_mse"] = float(ta) / data.output_size
+                row["eval_seconds"] = time.perf_counter() - t1
+                classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
+                fit = {**fit, **tfit}
+            row.update({k: float(v) for k, v in sorted(fit.items())})
+            if not np.isfinite(loss):
+                # name the population whose state blew up, with its line, when the relaxation shows it
+                model.relax_result(params, X[:batch], None, layout="compiled")
+                raise CircuitError(
+                    f"training diverged in epoch {e + 1} (loss {loss}); lower the learning rates or `dt`"
+                )
+            _check_health(model, row, classes, learn.health, warned, bar)
+            history.append(row)
+            if out_dir is not None:
+                # the plot costs ~0.1-1 s: draw it at most every 10 s, and after the last epoch
+                plot = e == epochs - 1 or time.perf_counter() - last_plot > 10.0
+                _save_epoch(out_dir, params, opt_state, P, Pt, history, plot)
+                if plot:
+                    last_plot = time.perf_counter()
+            if on_epoch is not None:
+                on_epoch(row)
+            _postfix(bar, row)
+        return TrainResult(params, history, out_dir)
 
 
 def _check_health(model: Model, row: dict, classes, policy: str, warned: set[str], bar) -> None:
@@ -500,20 +529,62 @@ def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True)
 
 
 def _restore(out: Path, params, opt_state, P, Pt, manifest):
-    old = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    """The state saved in `out`, after checking that `run.json` describes this run and
+    that `checkpoint.npz` holds exactly the arrays this run has (shapes and dtypes from
+    its fresh state, headers checked before reading: `npzfile.py`)."""
+    from .npzfile import NpzReader
+
+    run = out / "run.json"
+    fix = "train into another --out, or start over with --force"
+    try:
+        old = json.loads(run.read_text())
+    except FileNotFoundError:
+        raise CircuitError(f"--resume: {run} is missing, so nothing says which file, settings and seed "
+                           f"made the checkpoint; {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CircuitError(f"--resume: {run} is damaged ({exc}); {fix}") from None
+    if not isinstance(old, dict):
+        raise CircuitError(f"--resume: {run} is damaged (not a JSON object); {fix}")
     for key in ("file_sha256", "settings", "seed", "data", "method", "augment"):
         if old.get(key, [] if key == "augment" else None) != manifest.get(key):
             raise CircuitError(
                 f"--resume: {out} was trained with a different {key.replace('_', ' ')}; "
                 "resume with the same file and settings, or use another --out"
             )
-    with np.load(out / "checkpoint.npz", allow_pickle=False) as f:
-        params = {k: jnp.asarray(f[f"params/{k}"]) for k in params}
-        leaves, tree = jax.tree_util.tree_flatten(opt_state)
-        opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(f[f"opt/{i}"]) for i in range(len(leaves))])
-        P = {k: jnp.asarray(f[f"particles/train/{k}"]) for k in P}
-        Pt = {k: jnp.asarray(f[f"particles/test/{k}"]) for k in Pt}
-        history = json.loads(str(f["history"]))
+    leaves, tree = jax.tree_util.tree_flatten(opt_state)
+    want = {f"params/{k}": v for k, v in params.items()}
+    want.update({f"opt/{i}": v for i, v in enumerate(leaves)})
+    want.update({f"particles/train/{k}": v for k, v in P.items()})
+    want.update({f"particles/test/{k}": v for k, v in Pt.items()})
+    with NpzReader(out / "checkpoint.npz", "checkpoint") as npz:
+        damaged = lambda why: npz.error(f"damaged checkpoint: {why}; {fix}")  # noqa: E731
+        have = npz.members
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want) - {"epoch", "history"})
+        if missing or extra or "epoch" not in have or "history" not in have:
+            raise damaged(f"it holds other arrays than this run's (missing {', '.join(missing) or 'none'}; "
+                          f"unexpected {', '.join(extra) or 'none'})")
+        for k, v in want.items():
+            if have[k].shape != tuple(v.shape) or have[k].dtype != np.dtype(v.dtype):
+                raise damaged(f"`{k}` is {have[k].describe()}, this run's is {tuple(v.shape)} {np.dtype(v.dtype)}")
+        if have["epoch"].shape != () or have["epoch"].dtype.kind not in "iu" or have["history"].shape != () \
+                or have["history"].dtype.kind != "U":
+            raise damaged("its `epoch` or `history` is not what train writes")
+        arrays = {k: npz.read(k) for k in want}
+        try:
+            history = json.loads(str(npz.read("history")))
+            epoch = int(npz.read("epoch"))
+        except ValueError as exc:
+            raise damaged(f"its history is not JSON ({exc})") from None
+        if not isinstance(history, list) or len(history) != epoch:
+            raise damaged(f"its history does not have the {epoch} epochs it claims")
+        bad = sorted(k for k in want if k.startswith("params/") and not np.all(np.isfinite(arrays[k])))
+        if bad:
+            raise damaged(f"non-finite values in {', '.join(bad)}")
+    params = {k: jnp.asarray(arrays[f"params/{k}"]) for k in params}
+    opt_state = jax.tree_util.tree_unflatten(tree, [jnp.asarray(arrays[f"opt/{i}"]) for i in range(len(leaves))])
+    P = {k: jnp.asarray(arrays[f"particles/train/{k}"]) for k in P}
+    Pt = {k: jnp.asarray(arrays[f"particles/test/{k}"]) for k in Pt}
     return params, opt_state, P, Pt, history
 
 
@@ -577,6 +648,8 @@ def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augm
         "method": method,
         "seed": seed,
         "data": getattr(data, "spec", None) or data_spec or data.name,
+        # what each parameter learns at (before any schedule), whatever the file and --set said
+        "learning_rates": rates(learn.optimizer, model.trainable, RULES_LR if learn.method == "rules" else DEFAULT_LR),
         "epochs": epochs,
         "devices": devices,
         "augment": list(augment),
