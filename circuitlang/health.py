@@ -57,20 +57,28 @@ class HealthWarning(UserWarning):
 
 # ------------------------------------------------------------ inside jit --
 def batch_health(model, info: Mapping[str, Any]) -> dict[str, Array]:
-    """Per-batch health scalars (traced): residuals and convergence. (Cheap: reductions of
-    per-example numbers the relaxations return.)"""
+    """What a batch keeps for the epoch's health (traced): each relaxation's per-example
+    residual, as it is; the statistics are taken once per epoch (`reduce_health`), so a
+    batch pays for no reduction of its own."""
+    return {label: r.residual for label, r in info.items()}
+
+
+def reduce_health(model, stacked: Mapping[str, Array]) -> dict[str, Array]:
+    """The epoch's figures from the residuals of every batch, {label: (batches, batch)}:
+    residual mean and max (free, and over the other relaxations), the fraction of
+    examples converged per relaxation and in all of them."""
     out: dict[str, Array] = {}
     conv_all = None
-    nudged = [lbl for lbl in info if lbl != "free"]
-    for label, r in info.items():
-        ok = r.converged(model.phase_of(label))
+    nudged = [lbl for lbl in stacked if lbl != "free"]
+    for label, res in stacked.items():
+        ok = (res < tolerance(model.phase_of(label))) & jnp.isfinite(res)
         out[f"converged.{label}"] = jnp.mean(ok.astype(jnp.float32))
         conv_all = ok if conv_all is None else conv_all & ok
-    if "free" in info:
-        res = info["free"].residual.astype(jnp.float32)
+    if "free" in stacked:
+        res = stacked["free"].astype(jnp.float32)
         out["free_residual_mean"], out["free_residual_max"] = jnp.mean(res), jnp.max(res)
     if nudged:
-        res = jnp.stack([info[lbl].residual.astype(jnp.float32) for lbl in nudged])
+        res = jnp.stack([stacked[lbl].astype(jnp.float32) for lbl in nudged])
         out["nudged_residual_mean"], out["nudged_residual_max"] = jnp.mean(res), jnp.max(res)
     if conv_all is not None:
         out["converged"] = jnp.mean(conv_all.astype(jnp.float32))
@@ -88,11 +96,6 @@ def update_ratios(model, before, after, batches: int) -> dict[str, Array]:
             size = jnp.maximum(jnp.linalg.norm(w.ravel()), 1e-3 * jnp.sqrt(w.size))
             out[f"update_ratio.{name}"] = jnp.linalg.norm((after[name] - w).ravel()) / size / batches
     return out
-
-
-def reduce_health(stacked: Mapping[str, Array]) -> dict[str, Array]:
-    """Per-batch health (stacked over the epoch's batches) → the epoch's figures."""
-    return {k: (jnp.max(v) if k.endswith("_max") else jnp.mean(v)) for k, v in stacked.items()}
 
 
 def saturation(model, params, x, free) -> dict[str, Array]:

@@ -176,7 +176,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             return (params, opt_state, P), (loss, correct, fit)
 
         (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), (idx, keys))
-        fit = {**health.reduce_health(fit), **health.update_ratios(model, start, params, nb)}
+        fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
@@ -209,7 +209,7 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
 
         start = params
         (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), idx)
-        fit = {**health.reduce_health(fit), **health.update_ratios(model, start, params, nb)}
+        fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
     return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb

@@ -251,13 +251,17 @@ def test_simulate(jobs):
 def test_verify(jobs):
     r = ok(jobs["verify"].result())
     lines = r.stdout.splitlines()
-    assert lines[0] == "estimator `symmetric` vs the true gradient: cosine / relative error"
+    assert lines[0].startswith("residuals (max |s_T - s_(T-1)| / dt")  # then one line per relaxation
+    assert lines[1].startswith("  free phase (the reference's fixed point): ")
+    assert [ln.split(":")[0].strip() for ln in lines[2:4]] == ["β = 0.5", "β = 0.05"]
+    lines = lines[4:]
+    assert lines[0] == "estimator `symmetric` vs the true gradient: cosine / rel_error |g−∇|/|∇|"
     assert lines[1].split() == ["beta", "W1", "W2", "h.bias", "y.bias", "all"]
     assert [ln.split()[0] for ln in lines[3:5]] == ["0.5", "0.05"]
     out = jobs["dirs"]["tmp"] / "verify"
     with open(out / "verify.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["beta", "weight", "cosine", "rel_error"]
+    assert list(rows[0]) == ["beta", "weight", "cosine", "rel_error", "converged", "file_beta", "tiny_reference"]
     assert [(float(r["beta"]), r["weight"]) for r in rows] == [
         (b, w) for b in (0.5, 0.05) for w in ("W1", "W2", "h.bias", "y.bias", "all")]
     assert all(-1 <= float(r["cosine"]) <= 1 and float(r["rel_error"]) >= 0 for r in rows)
