@@ -42,7 +42,7 @@ from jax import lax
 from . import syntax as S
 from .factor import POST, PRE, SCALAR, SYN, Atom, CompiledRule, Orientation, Term, factor_rule
 from .graph import PhaseSpec
-from .lower.relax import OK, _judge, _speed, tolerance
+from .lower.relax import OK, _speed
 from .lower.wiring import weights_of
 
 __all__ = ["RuleProgram"]
@@ -190,15 +190,13 @@ class RuleProgram:
         start = dict(s0)
         carry = (start, observe(start, params, 0.0), zero, params, opt_state if opt is not None else ())
         _, last, acc, p, opt_state = lax.fori_loop(0, steps, body, carry)
-        # what the circuit shows (s, or ŭ with `prospective`), with the relaxations' result code
-        residual = code = None
+        # what the circuit shows (s, or ŭ with `prospective`), with its residual
+        residual = None
         if not model.relaxer.prospective:  # ŭ is exact; otherwise the speed at the last state
             end = {k: last["state"][k] for k in last["force"]}
             moved = fns.project({k: end[k] + dt * last["force"][k] for k in end})
             residual = _speed(moved, end, dt)
-            code = _judge(residual, tolerance(phase))
-        res = model.relaxer._finish(last["state"], x, jnp.asarray(steps),
-                                    jnp.asarray(OK) if code is None else code, residual)
+        res = model.relaxer._finish(last["state"], x, jnp.asarray(steps), jnp.asarray(OK), residual)
         return (res, p, opt_state) if stream else (res, acc)
 
 

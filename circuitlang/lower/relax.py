@@ -14,7 +14,7 @@ residual is below `tol`), either
 Everything is traced once: a phase is one `lax.fori_loop` (or
 `lax.while_loop` with `tol`), and the clamped populations' drives are
 computed once per phase. Failures come back as a code (diffrax-style):
-`OK`, `NOT_CONVERGED` (the residual is still above the phase's tolerance), or
+`OK`, `NOT_CONVERGED` (a phase with `tol` whose residual is still above it), or
 `NONFINITE + i` for the i-th free population; `check()` turns a code into a
 located `CircuitRuntimeError`.
 
@@ -124,8 +124,8 @@ class Relaxer:
         if phase.tol is None:  # fixed steps; the residual is read off the last one
             s = lax.fori_loop(0, phase.steps - 1, step, dict(s0))
             new = step(phase.steps - 1, s)
-            residual = _speed(new, s, phase.dt)
-            return self._finish(new, x, jnp.asarray(phase.steps), _judge(residual, tol), residual)
+            residual = _speed(new, s, phase.dt)  # judged by whoever reads it (`Relaxation.converged`)
+            return self._finish(new, x, jnp.asarray(phase.steps), jnp.asarray(OK), residual)
 
         def cond(c):
             i, _, r = c
