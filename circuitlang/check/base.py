@@ -50,6 +50,20 @@ class BuilderBase:
         self.cost_statements = 0  # `cost` lines written: a bad cost is reported, not also "missing"
         self.learn_statements = 0  # `learn` blocks written
 
+    def written_parameters(self) -> set[str]:
+        """Every weight a connection names and `P.bias` for every population a `bias`
+        statement names, as written, whether or not the statement checked: a name that
+        is written but failed its own check is reported there, not again where it is
+        used (no cascade)."""
+        out: set[str] = set()
+        for st in self.program.statements:
+            if isinstance(st, S.Connection) and st.weight is not None:
+                out.add(st.weight.name)
+            elif isinstance(st, S.Bias):  # (`bias h y`: the `y` meant as a population too)
+                out.update(f"{p.name}.bias" for p in st.populations)
+                out.update(f"{o.key}.bias" for o in st.options if o.value is None and o.key in self.pops)
+        return out
+
     # ---------------------------------------------------------- diagnostics --
     def error(self, message: str, span: Span | None, hint: str | None = None) -> None:
         self.errors.append(Diagnostic(message, span, hint))

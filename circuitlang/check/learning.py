@@ -356,6 +356,8 @@ class LearningMixin(BuilderBase):
                     if kw.key in tied:
                         why = "tied to " + tied[kw.key].tied_to if tied[kw.key].tied_to else "fixed"
                         self.error(f"`{kw.key}` is {why}: it has no learning rate", kw.key_span)
+                    elif kw.key in self.written_parameters():
+                        pass  # its own statement is broken, and reported there
                     else:
                         self.error(
                             f"`lr` names `{kw.key}`, which is not a learned parameter{did_you_mean(kw.key, params)}",
@@ -400,7 +402,9 @@ class LearningMixin(BuilderBase):
                 names.append(t.name)
                 continue
             e = weights.get(t.name)
-            if e is None:
+            if e is None and t.name in self.written_parameters():  # its connection is broken: reported there
+                ok, unknown = False, True
+            elif e is None:
                 pool = list(weights) + sorted(biases)
                 self.error(
                     f"the rule names `{t.name}`, which is not a weight{did_you_mean(t.name, pool)}",
