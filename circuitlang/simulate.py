@@ -88,7 +88,9 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
             "nonfinite": nonfinite,
         }
     if out is not None:
-        _write(results, Path(out), energy=not getattr(model.fns, "vector_field", False))
+        out_pop = model.spec.costs[0].population if model.spec.costs else None
+        target = None if y is None or out_pop is None else (out_pop, np.asarray(y))
+        _write(results, Path(out), energy=not getattr(model.fns, "vector_field", False), target=target)
     return results
 
 
@@ -99,11 +101,15 @@ def _compartments(model: Model) -> list[str]:
     return [f"{n}.{c}" for n in model.free if model.fns.pops[n].cell_type for c in model.fns.pops[n].compartments]
 
 
-def _write(results, out: Path, energy: bool = True) -> None:
+def _write(results, out: Path, energy: bool = True, target=None) -> None:
+    """traces.npz (no `PHASE/energy` for a circuit without an energy) and traces.png: per
+    phase (columns) and recorded population (rows), the first units of sample 0, labelled,
+    with the output's targets dashed in the same colours; the energy of every sample."""
     make_dir(out)
     arrays = {}
     for phase, r in results.items():
-        arrays[f"{phase}/energy"] = r["energy"]
+        if energy:
+            arrays[f"{phase}/energy"] = r["energy"]
         for n, v in r["states"].items():
             arrays[f"{phase}/{n}"] = v
     _atomic_write(out / "traces.npz", _npz_bytes(arrays))
@@ -112,26 +118,47 @@ def _write(results, out: Path, energy: bool = True) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    shown = 8  # units per panel
     phases = list(results)
     pops = list(next(iter(results.values()))["states"])
     rows = len(pops) + int(energy)  # a vector field has no energy to plot
-    fig, axes = plt.subplots(rows, len(phases), figsize=(4 * len(phases), 2.2 * rows),
+    fig, axes = plt.subplots(rows, len(phases), figsize=(4.2 * len(phases), 2.4 * rows),
                              squeeze=False, constrained_layout=True)
     for j, phase in enumerate(phases):
         r = results[phase]
         for i, n in enumerate(pops):
             ax = axes[i][j]
             v = r["states"][n]
-            if v.ndim >= 3:  # steps × samples × neurons (× ...): sample 0, first 12 neurons
-                ax.plot(v.reshape(v.shape[0], v.shape[1], -1)[:, 0, :12], lw=1)
-            ax.set_title(f"{phase}: {n} (sample 0)", fontsize=9)
+            if v.ndim >= 3:  # steps × samples × units (× ...): sample 0, the first units
+                flat = v.reshape(v.shape[0], v.shape[1], -1)
+                whole = target is not None and n == target[0] and flat.shape[-1] <= 16  # an output: all
+                k = flat.shape[-1] if whole else min(shown, flat.shape[-1])
+                lines = ax.plot(flat[:, 0, :k], lw=1)
+                for u, line in enumerate(lines):
+                    line.set_label(f"unit {u}")
+                if target is not None and n == target[0]:
+                    for u, line in enumerate(lines):
+                        ax.axhline(float(target[1][0].reshape(-1)[u]), ls="--", lw=0.8, color=line.get_color(),
+                                   label="target" if u == 0 else None)
+                more = f", units 0-{k - 1} of {flat.shape[-1]}" if flat.shape[-1] > k else ""
+                ax.set_title(f"{phase}: {n} (sample 0{more})", fontsize=9)
+            else:
+                ax.set_title(f"{phase}: {n}", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
+            ax.set_ylabel(n.split(".", 1)[1] if "." in n else "state", fontsize=8)
+            if j == len(phases) - 1 and ax.get_lines():
+                ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
         if not energy:
             continue
         ax = axes[-1][j]
-        ax.plot(r["energy"], lw=1)
-        ax.set_title(f"{phase}: energy per sample", fontsize=9)
+        e = np.asarray(r["energy"])
+        for smp in range(e.shape[1] if e.ndim == 2 else 1):
+            ax.plot(e[:, smp] if e.ndim == 2 else e, lw=1, label=f"sample {smp}")
+        ax.set_title(f"{phase}: energy", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("E", fontsize=8)
+        if j == len(phases) - 1:
+            ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     import io
 
     buf = io.BytesIO()

@@ -329,3 +329,16 @@ def test_verify_cli_nan_exits_1(tmp_path):
              "--set", "phase.nudge.dt=1e3")
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert "not finite" in r.stderr
+
+
+def test_simulate_writes_no_energy_for_a_vector_field(tmp_path):
+    """A circuit without an energy has no `PHASE/energy` trace (it used to be all zeros)."""
+    from circuitlang.simulate import simulate
+
+    m = cl.compile(cl.load(ROOT / "examples" / "vector_field.circ"))
+    d = load("digits")
+    x, y = jnp.asarray(d.x_test[:2]), jnp.asarray(d.targets(d.y_test[:2]))
+    simulate(m, m.init(jax.random.key(0)), x, y, out=tmp_path)
+    names = np.load(tmp_path / "traces.npz").files
+    assert names and not [n for n in names if n.endswith("/energy")]
+    assert (tmp_path / "traces.png").stat().st_size > 10000
