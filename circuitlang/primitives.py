@@ -147,6 +147,9 @@ FUNCTIONS: Mapping[str, Function] = _frozen({f.name: f for f in _FUNCTION_LIST})
 
 
 # ---------------------------------------------------------------- settings --
+INT32 = 2**31 - 1  # the largest step, batch or epoch count the compiled program can count to
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One `key value` setting of a phase, a learn block or an optimizer.
@@ -154,7 +157,7 @@ class Setting:
     kind:
       * ``flag``: no value (`forward`)
       * ``int`` / ``number``: a constant expression; `minimum` and
-        `exclusive` bound it
+        `exclusive` bound it from below, `maximum` from above
       * ``choice``: one of `choices`, written as a bare name; with `registry`,
         the names of that table of this module (read when checked, so a new
         entry is a new choice)
@@ -166,6 +169,8 @@ class Setting:
     doc: str
     minimum: float | None = None
     exclusive: bool = False
+    maximum: float | None = None  # inclusive; with `why`, said in the error
+    why: str = ""
     fixed_choices: tuple[str, ...] = ()
     options: tuple[str, ...] = ()  # allowed `k=v` after the value
     registry: str = ""
@@ -298,12 +303,14 @@ INTEGRATORS = _kinds(
 )
 
 PHASE_SETTINGS = _settings(
-    Setting("steps", "int", "number of integration steps", minimum=1),
+    Setting("steps", "int", "number of integration steps", minimum=1, maximum=INT32,
+            why="the step counter is a 32-bit integer"),
     Setting("dt", "number", "step size of the Euler integrator (prototypical, async: the damping, 1 = none)",
             minimum=0, exclusive=True),
     Setting("beta", "number", "nudging strength: the cost enters the dynamics as -beta dC/ds"),
     Setting("forward", "flag", "exact one-pass fixed point of a feed-forward (DAG) circuit"),
-    Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1),
+    Setting("present", "int", "streaming: steps each sample is shown before the next one", minimum=1,
+            maximum=INT32, why="the step counter is a 32-bit integer"),
     Setting("tol", "number", "stop early once the residual max |s_t - s_(t-1)| / dt < tol (also: the threshold of `converged`)", minimum=0, exclusive=True),
     Setting("integrator", "choice", "how a step is taken", registry="INTEGRATORS"),
     Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)",
@@ -312,9 +319,11 @@ PHASE_SETTINGS = _settings(
 
 LEARN_SETTINGS = _settings(
     Setting("estimator", "choice", "how the gradient is estimated", registry="ESTIMATORS", options=("points",)),
-    Setting("batch", "int", "examples per update", minimum=1),
+    Setting("batch", "int", "examples per update", minimum=1, maximum=INT32,
+            why="array dimensions are 32-bit integers"),
     Setting("prospective", "flag", "rates look ahead: rho(s + tau ds/dt) (latent equilibrium)"),
-    Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1),
+    Setting("epochs", "int", "default number of epochs for `circuitc train`", minimum=1, maximum=INT32,
+            why="the epoch counter is a 32-bit integer"),
     Setting("persistent", "flag", "persistent particles: each example's free phase starts where its last one "
             "ended (Scellier & Bengio 2017)"),
     Setting("health", "choice", "what `train` does when phases do not converge, the outputs collapse to one "

@@ -170,3 +170,29 @@ def test_many_errors_in_a_long_file_are_capped_and_cheap():
     diags = _syntax_errors(text)
     assert len(diags) == MAX_SYNTAX_ERRORS
     assert time.perf_counter() - t0 < 10 * _parse_seconds("population h [8]\n" * 20000) + 2
+
+
+def test_function_chains_are_bounded_at_check_time_and_cheap():
+    """600 chained functions used to raise RecursionError in compile, 5000 in check itself;
+    now the depth is a located error, found in seconds."""
+    import time
+
+    lines = ["fn f0(x) = x"] + [f"fn f{i}(x) = f{i - 1}(x) + 1" for i in range(1, 5001)]
+    text = "\n".join(lines) + "\npopulation x [4] input\npopulation y [3] output rho=f5000\ny -- x : W\n" \
+        "energy hopfield\ncost y squared\n"
+    t0 = time.perf_counter()
+    with pytest.raises(cl.CircuitError) as info:
+        cl.loads(text, "chain.circ")
+    assert time.perf_counter() - t0 < 30
+    (d,) = info.value.diagnostics
+    assert d.message == "function `f257` nests 257 operations deep when expanded (at most 256, as for any expression)"
+    assert d.span.line == 258
+    # 256 deep checks, and compiles and relaxes (check passes => compile passes)
+    ok = "\n".join(lines[:257]) + "\npopulation x [4] input\npopulation y [3] output rho=f256\ny -- x : W\n" \
+        "energy hopfield\ncost y squared\n"
+    import jax
+    import jax.numpy as jnp
+
+    m = cl.compile(cl.loads(ok))
+    state = m.relax(m.init(jax.random.key(0)), jnp.ones((2, 4)))
+    assert state["y"].shape == (2, 3)

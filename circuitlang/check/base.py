@@ -34,6 +34,7 @@ class BuilderBase:
         self.errors: list[Diagnostic] = []
         self.params: dict[str, float] = {}
         self.functions: dict[str, FunctionDef] = {}
+        self.fn_name_spans: dict[str, Span] = {}  # function -> where its name is written
         self.neurons: dict[str, NeuronType] = {}
         self.pops: dict[str, PopulationNode] = {}
         self.edges: list[ConnectionEdge] = []
@@ -160,6 +161,10 @@ class BuilderBase:
                 bound = f"greater than {fmt_num(spec.minimum)}" if spec.exclusive else f"at least {fmt_num(spec.minimum)}"
                 self.error(f"{what} must be {bound}, not {fmt_num(value)}", expr.span)
                 return None
+        if spec.maximum is not None and value > spec.maximum:
+            self.error(f"{what} must be at most {spec.maximum:,}, not {fmt_num(value)}", expr.span,
+                       spec.why or None)
+            return None
         return value
 
     # -------------------------------------------------------------- options --

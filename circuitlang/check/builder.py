@@ -59,6 +59,7 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
             self.error("a file describes one circuit: the `circuit` header appears twice", extra.span)
         # declarations first, so order of statements does not matter for names
         for s in by(S.FnDef):
+            self.fn_name_spans.setdefault(s.name.name, s.name.span)
             if self.declare(s.name, "function"):
                 self.functions[s.name.name] = FunctionDef(
                     s.name.name, tuple(p.name for p in s.params), s.body, s.span
@@ -69,6 +70,8 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
             self.param(s)
         for s in by(S.FnDef):
             self.fn_body(s)
+        self.fn_recursion()
+        self.fn_expansion()
         for s in by(S.Neuron):
             self.neuron(s)
         for s in by(S.Population):

@@ -13,8 +13,22 @@ from __future__ import annotations
 from .. import syntax as S
 from ..expr import Scope, check_expr
 from ..graph import NeuronType, OdeSpec
+from ..parse import MAX_EXPR_DEPTH
 from .base import BuilderBase
 
+
+MAX_FN_NODES = 100_000  # operations in one function's expansion
+
+
+def _expanded_depth(expr: S.Expr, depth: dict[str, int]) -> int:
+    """Operators on the longest path of `expr` once the functions in `depth` (their own
+    expanded depths) are substituted; an expression is at most `MAX_EXPR_DEPTH` deep, so
+    this recursion is bounded."""
+    kids = S.children(expr)
+    below = max((_expanded_depth(k, depth) for k in kids), default=0)
+    if isinstance(expr, S.Call) and expr.fn.name in depth:
+        return depth[expr.fn.name] + below
+    return below + 1 if kids else 0
 
 class NamesMixin(BuilderBase):
     """`param`, `fn` and `neuron` statements."""
@@ -57,34 +71,84 @@ class NamesMixin(BuilderBase):
         names = {p.name: "argument" for p in s.params}
         names.update(self.param_names())
         args = ", ".join(f"`{p.name}`" for p in s.params) or "none"
+        if getattr(self, "_arities", None) is None or len(self._arities) != len(self.functions):
+            self._arities = self.fn_arities()  # once for all the bodies, not once per function
         scope = Scope(
-            f"function `{s.name.name}`", names, self.fn_arities(),
+            f"function `{s.name.name}`", names, self._arities,
             hint=f"a function may use its arguments ({args}) and params",
         )
         check_expr(s.body, scope, self.errors)
-        # recursion: a function may not call itself, directly or not
-        chain = self._calls(s.name.name, s.body, set())
-        if chain is not None:
-            how = "" if not chain else " through " + ", ".join(f"`{c}`" for c in chain)
-            self.error(
-                f"function `{s.name.name}` calls itself{how}; recursion is not supported",
-                s.name.span,
-                "a function is a formula that is expanded where it is used, so it must not call itself",
-            )
 
-    def _calls(self, target: str, body: S.Expr, visiting: set[str]) -> list[str] | None:
-        """The functions through which `body` calls `target` (`[]`: directly), or None."""
-        for node in S.walk(body):
-            if isinstance(node, S.Call) and node.fn.name in self.functions:
-                name = node.fn.name
-                if name == target:
-                    return []
-                if name not in visiting:
-                    visiting.add(name)
-                    rest = self._calls(target, self.functions[name].body, visiting)
-                    if rest is not None:
-                        return [name, *rest]
-        return None
+    def fn_recursion(self) -> None:
+        """A function may not call itself, directly or through others: one located error per
+        function on a cycle of the call graph (built once, so thousands of functions cost
+        no more than reading them)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(self.functions)
+        for f, d in self.functions.items():
+            g.add_edges_from((f, n.fn.name) for n in S.walk(d.body)
+                             if isinstance(n, S.Call) and n.fn.name in self.functions)
+        for comp in nx.strongly_connected_components(g):
+            for f in sorted(comp, key=list(self.functions).index):
+                if len(comp) == 1 and not g.has_edge(f, f):
+                    continue
+                if g.has_edge(f, f):
+                    chain = []
+                else:  # the shortest way back to f: through which functions it calls itself
+                    paths = [nx.shortest_path(g, s, f) for s in g.successors(f) if s in comp]
+                    chain = min(paths, key=len)[:-1]
+                how = "" if not chain else " through " + ", ".join(f"`{c}`" for c in chain)
+                self.error(
+                    f"function `{f}` calls itself{how}; recursion is not supported",
+                    self.fn_name_spans.get(f, self.functions[f].span),
+                    "a function is a formula that is expanded where it is used, so it must not call itself",
+                )
+
+    def fn_expansion(self) -> None:
+        """Functions are expanded where they are used: refuse, at the function, one whose
+        expansion nests more than `parse.MAX_EXPR_DEPTH` operations deep (the bound of any
+        one expression) or grows past `MAX_FN_NODES` nodes (each function doubling its callee's would otherwise hang `compile`). Only
+        the first function over a limit is reported, not every one that calls it."""
+        calls = {
+            f: [n.fn.name for n in S.walk(d.body) if isinstance(n, S.Call) and n.fn.name in self.functions]
+            for f, d in self.functions.items()
+        }
+        size: dict[str, int] = {}
+        depth: dict[str, int] = {}
+        over: set[str] = set()
+        seen: set[str] = set()
+        for root in self.functions:  # callees before callers, with an explicit stack
+            stack = [(root, False)]
+            while stack:
+                f, expanded = stack.pop()
+                if not expanded:
+                    if f in seen:
+                        continue
+                    seen.add(f)
+                    stack.append((f, True))
+                    stack.extend((g, False) for g in calls[f] if g not in seen)
+                    continue
+                if any(g not in size for g in calls[f]):  # a recursive call (reported) or a callee over a limit
+                    over.add(f)
+                    continue
+                nodes = sum(1 for _ in S.walk(self.functions[f].body)) + sum(size[g] - 1 for g in calls[f])
+                deep = _expanded_depth(self.functions[f].body, depth)
+                span = self.functions[f].span
+                if deep > MAX_EXPR_DEPTH:
+                    over.add(f)
+                    self.error(f"function `{f}` nests {deep} operations deep when expanded (at most "
+                               f"{MAX_EXPR_DEPTH}, as for any expression)", span,
+                               "flatten the chain: write the formula with fewer intermediate functions")
+                elif nodes > MAX_FN_NODES:
+                    over.add(f)
+                    self.error(f"function `{f}` expands to {nodes:,} operations (at most {MAX_FN_NODES:,}): "
+                               "each use of a function copies its formula", span,
+                               "call an expensive function once and reuse the value (a `v = expr` "
+                               "intermediate in a cell type), or simplify the formula")
+                else:
+                    size[f], depth[f] = nodes, deep
 
     # ------------------------------------------------------------- neurons --
     def neuron(self, s: S.Neuron) -> None:
