@@ -337,8 +337,8 @@ def test_simulate_writes_no_energy_for_a_vector_field(tmp_path):
 
     m = cl.compile(cl.load(ROOT / "examples" / "vector_field.circ"))
     d = load("digits")
-    x, y = jnp.asarray(d.x_test[:2]), jnp.asarray(d.targets(d.y_test[:2]))
-    simulate(m, m.init(jax.random.key(0)), x, y, out=tmp_path)
+    x, y = jnp.asarray(d.x_test[:2], jnp.float32), jnp.asarray(d.targets(d.y_test[:2]), jnp.float32)
+    simulate(m, m.init(jax.random.key(0), jnp.float32), x, y, out=tmp_path)  # float32 under another test's x64
     names = np.load(tmp_path / "traces.npz").files
     assert names and not [n for n in names if n.endswith("/energy")]
     assert (tmp_path / "traces.png").stat().st_size > 10000

@@ -106,6 +106,32 @@ class NamesMixin(BuilderBase):
                     "a function is a formula that is expanded where it is used, so it must not call itself",
                 )
 
+    def _traced_functions(self, calls: dict[str, list[str]]) -> set[str]:
+        """The functions the compiled program may expand: every one named anywhere but in a
+        `param` value (whose constant evaluation caches calls, so a doubling chain stays
+        linear there), and those they call."""
+        import dataclasses
+
+        named: set[str] = set()
+        stack = [st for st in self.program.statements if not isinstance(st, (S.Param, S.FnDef))]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, S.Ident):
+                named.add(node.name)
+            elif isinstance(node, str):
+                named.add(node)
+            elif isinstance(node, (tuple, list)):
+                stack.extend(node)
+            elif dataclasses.is_dataclass(node):
+                stack.extend(getattr(node, f.name) for f in dataclasses.fields(node))
+        out, todo = set(), [f for f in named if f in self.functions]
+        while todo:
+            f = todo.pop()
+            if f not in out:
+                out.add(f)
+                todo.extend(calls[f])
+        return out
+
     def fn_expansion(self) -> None:
         """Functions are expanded where they are used: refuse, at the function, one whose
         expansion nests more than `parse.MAX_EXPR_DEPTH` operations deep (the bound of any
@@ -118,6 +144,7 @@ class NamesMixin(BuilderBase):
         size: dict[str, int] = {}
         depth: dict[str, int] = {}
         over: set[str] = set()
+        traced = self._traced_functions(calls)
         seen: set[str] = set()
         for root in self.functions:  # callees before callers, with an explicit stack
             stack = [(root, False)]
@@ -141,7 +168,7 @@ class NamesMixin(BuilderBase):
                     self.error(f"function `{f}` nests {deep} operations deep when expanded (at most "
                                f"{MAX_EXPR_DEPTH}, as for any expression)", span,
                                "flatten the chain: write the formula with fewer intermediate functions")
-                elif nodes > MAX_FN_NODES:
+                elif nodes > MAX_FN_NODES and f in traced:
                     over.add(f)
                     self.error(f"function `{f}` expands to {nodes:,} operations (at most {MAX_FN_NODES:,}): "
                                "each use of a function copies its formula", span,
