@@ -38,10 +38,10 @@ import numpy as np
 
 from . import primitives as P
 from .errors import CircuitError, Diagnostic
-from .lower.relax import DEFAULT_TOL, tolerance
+from .lower.relax import converged, tolerance
 
-__all__ = ["batch_health", "reduce_health", "update_ratios", "saturation", "problems", "HealthWarning", "CONVERGED_AT_LEAST",
-           "SATURATED_AT_LEAST", "COLLAPSED_AT_LEAST"]
+__all__ = ["batch_health", "reduce_health", "update_ratios", "saturation", "problems", "raise_for", "render",
+           "Problem", "HealthWarning", "CONVERGED_AT_LEAST", "SATURATED_AT_LEAST", "COLLAPSED_AT_LEAST"]
 
 CONVERGED_AT_LEAST = 0.9    # warn when fewer training examples than this converged in a relaxation
 SATURATED_AT_LEAST = 0.999  # a population counts as fully saturated
@@ -56,7 +56,7 @@ class HealthWarning(UserWarning):
 
 
 # ------------------------------------------------------------ inside jit --
-def batch_health(model, info: Mapping[str, Any]) -> dict[str, Array]:
+def batch_health(info: Mapping[str, Any]) -> dict[str, Array]:
     """What a batch keeps for the epoch's health (traced): each relaxation's per-example
     residual, as it is; the statistics are taken once per epoch (`reduce_health`), so a
     batch pays for no reduction of its own."""
@@ -71,7 +71,7 @@ def reduce_health(model, stacked: Mapping[str, Array]) -> dict[str, Array]:
     conv_all = None
     nudged = [lbl for lbl in stacked if lbl != "free"]
     for label, res in stacked.items():
-        ok = (res < tolerance(model.phase_of(label))) & jnp.isfinite(res)
+        ok = converged(res, model.phase_of(label))
         out[f"converged.{label}"] = jnp.mean(ok.astype(jnp.float32))
         conv_all = ok if conv_all is None else conv_all & ok
     if "free" in stacked:
@@ -198,5 +198,3 @@ def raise_for(model, found: list[Problem]) -> None:
 def render(model, p: Problem) -> str:
     return p.diagnostic.render(model.circuit.source)
 
-
-__all__ += ["Problem", "raise_for", "render", "DEFAULT_TOL"]

@@ -104,7 +104,7 @@ def _points(model) -> int:
 # ---------------------------------------------------------------- dispatch --
 def estimate(model, params, x, y, method, beta=None, key=None, s0=None) -> dict[str, Any]:
     """The estimate of `method` (an entry of `primitives.ESTIMATORS`)."""
-    return estimate_with_state(model, params, x, y, method, beta, key, s0)[0]
+    return estimate_with_info(model, params, x, y, method, beta, key, s0)[0]
 
 
 def estimate_with_state(model, params, x, y, method, beta=None, key=None, s0=None):

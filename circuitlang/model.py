@@ -239,7 +239,7 @@ class Model:
         With `info=True`, returns (estimate, info): `info` maps each relaxation the
         estimate used (`free`, `nudge`, `nudge+`, `nudge-`, `clamp`, ...) to its
         `Relaxation` without the state (steps, code, per-example `residual`), so a
-        caller can tell an estimate from unconverged phases (`converged_phases`).
+        caller can tell an estimate from unconverged phases (`unconverged`).
         """
         method = method or self.method
         if method != self.method:

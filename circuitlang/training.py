@@ -31,6 +31,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             s0 = {p: shard(v[i]) for p, v in P.items()} if P else None
             g, free, info = learning.estimate_with_info(model, params, xs, y, method, None, k, s0)
             updates, opt_state = opt.update(g, opt_state, params)
-            fit = health.batch_health(model, info)
+            fit = health.batch_health(info)
             params = optax.apply_updates(params, updates)
             fs = {p: free[p] for p in model.state_keys}
             if P:
@@ -200,7 +201,7 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
             y = shard(Y[i])
             res, params, opt_state = model.rules.run(phase, params, xs, S, beta, y, stream=True,
                                                      opt=opt, opt_state=opt_state)
-            fit = health.batch_health(model, {phase.name: res})
+            fit = health.batch_health({phase.name: res})
             S = {k: res.state[k] for k in model.state_keys}
             loss = model.fns.cost(S, y) / batch
             out = model.fns.readout(res.state)
@@ -445,8 +446,6 @@ def _check_health(model: Model, row: dict, classes, policy: str, warned: set[str
         if p.key in warned:
             continue
         warned.add(p.key)
-        import warnings
-
         warnings.warn(health.render(model, p), health.HealthWarning, stacklevel=3)
 
 

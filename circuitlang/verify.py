@@ -95,9 +95,11 @@ def verify(model: Model, params, x, y, method: str | None = None, betas=DEFAULT_
     tiny["all"] = _tiny(cat(ref), cat(params)) if names else True
     rows = []
     dtype = next(iter(params.values())).dtype
+    # the nudge's speed at β = 1 (the free state is the same for every β)
+    unit = _cost_slope(model, params, x, y) if method not in ("gradient", "bptt") else None
     for beta in betas:
         g, info = model.estimate(params, x, y, method=method, beta=jnp.asarray(beta, dtype), info=True)
-        nudge = _nudge_speed(model, params, x, y, beta) if method not in ("gradient", "bptt") else None
+        nudge = None if unit is None else abs(beta) * unit
         ok = _describe(model, f"β = {beta:g}", info, say, nudge) and ref_ok
         _finite(g, names, f"the `{method}` estimate at β = {beta:g}", model)
         for n in [*names, "all"]:
@@ -140,15 +142,15 @@ def _largest(v) -> float:
     return float(np.max(v)) if v.size and not np.isnan(v).any() else float("nan") if v.size else 0.0
 
 
-def _nudge_speed(model, params, x, y, beta) -> np.ndarray:
-    """max |β ∂C/∂s| per sample at the free state: how fast the nudge moves it at first."""
+def _cost_slope(model, params, x, y) -> np.ndarray:
+    """max |∂C/∂s| per sample at the free state: times |β|, how fast a nudge moves it at first."""
     import jax
 
     res = model._jitted("verify:free", lambda p, x: model._free(p, model.as_inputs(x)))(params, x)
     free = {n: res.state[n] for n in model.free}
     g = jax.grad(lambda s: model.fns.cost(s, y))(free)
     per = [np.max(np.abs(np.asarray(v)).reshape(v.shape[0], -1), axis=1) for v in g.values()]
-    return abs(beta) * np.max(np.stack(per), axis=0)
+    return np.max(np.stack(per), axis=0)
 
 
 def _finite(g, names, what: str, model) -> None:

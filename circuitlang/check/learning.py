@@ -356,9 +356,7 @@ class LearningMixin(BuilderBase):
                     if kw.key in tied:
                         why = "tied to " + tied[kw.key].tied_to if tied[kw.key].tied_to else "fixed"
                         self.error(f"`{kw.key}` is {why}: it has no learning rate", kw.key_span)
-                    elif kw.key in self.written_parameters():
-                        pass  # its own statement is broken, and reported there
-                    else:
+                    elif kw.key not in self.written_parameters():  # else its own statement is broken, reported there
                         self.error(
                             f"`lr` names `{kw.key}`, which is not a learned parameter{did_you_mean(kw.key, params)}",
                             kw.key_span,

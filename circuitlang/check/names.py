@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .. import syntax as S
 from ..expr import Scope, check_expr
 from ..graph import NeuronType, OdeSpec
@@ -79,6 +81,16 @@ class NamesMixin(BuilderBase):
         )
         check_expr(s.body, scope, self.errors)
 
+    def fn_calls(self) -> dict[str, list[str]]:
+        """The call graph of the file's functions: {function: the functions its body calls},
+        read from the bodies once (recursion and expansion checks both use it)."""
+        if getattr(self, "_fn_calls", None) is None:
+            self._fn_calls = {
+                f: [n.fn.name for n in S.walk(d.body) if isinstance(n, S.Call) and n.fn.name in self.functions]
+                for f, d in self.functions.items()
+            }
+        return self._fn_calls
+
     def fn_recursion(self) -> None:
         """A function may not call itself, directly or through others: one located error per
         function on a cycle of the call graph (built once, so thousands of functions cost
@@ -87,9 +99,7 @@ class NamesMixin(BuilderBase):
 
         g = nx.DiGraph()
         g.add_nodes_from(self.functions)
-        for f, d in self.functions.items():
-            g.add_edges_from((f, n.fn.name) for n in S.walk(d.body)
-                             if isinstance(n, S.Call) and n.fn.name in self.functions)
+        g.add_edges_from((f, callee) for f, callees in self.fn_calls().items() for callee in callees)
         for comp in nx.strongly_connected_components(g):
             for f in sorted(comp, key=list(self.functions).index):
                 if len(comp) == 1 and not g.has_edge(f, f):
@@ -110,8 +120,6 @@ class NamesMixin(BuilderBase):
         """The functions the compiled program may expand: every one named anywhere but in a
         `param` value (whose constant evaluation caches calls, so a doubling chain stays
         linear there), and those they call."""
-        import dataclasses
-
         named: set[str] = set()
         stack = [st for st in self.program.statements if not isinstance(st, (S.Param, S.FnDef))]
         while stack:
@@ -137,10 +145,7 @@ class NamesMixin(BuilderBase):
         expansion nests more than `parse.MAX_EXPR_DEPTH` operations deep (the bound of any
         one expression) or grows past `MAX_FN_NODES` nodes (each function doubling its callee's would otherwise hang `compile`). Only
         the first function over a limit is reported, not every one that calls it."""
-        calls = {
-            f: [n.fn.name for n in S.walk(d.body) if isinstance(n, S.Call) and n.fn.name in self.functions]
-            for f, d in self.functions.items()
-        }
+        calls = self.fn_calls()
         size: dict[str, int] = {}
         depth: dict[str, int] = {}
         over: set[str] = set()

@@ -45,7 +45,7 @@ from ..graph import PhaseSpec
 from ..layers import colour_layers
 from .energy import EnergyFunctions
 
-__all__ = ["OK", "NOT_CONVERGED", "NONFINITE", "DEFAULT_TOL", "Relaxation", "Relaxer", "tolerance"]
+__all__ = ["OK", "NOT_CONVERGED", "NONFINITE", "DEFAULT_TOL", "Relaxation", "Relaxer", "tolerance", "converged"]
 
 
 def _slope(f, v):
@@ -63,6 +63,11 @@ def tolerance(phase: PhaseSpec) -> float:
     return phase.tol if phase.tol is not None else DEFAULT_TOL
 
 
+def converged(residual: Array, phase: PhaseSpec) -> Array:
+    """Per example: the residual is finite and below the phase's tolerance."""
+    return (residual < tolerance(phase)) & jnp.isfinite(residual)
+
+
 @dataclasses.dataclass(frozen=True)
 class Relaxation:
     """The end of a phase: the state of every population, the steps taken (with `tol`:
@@ -75,8 +80,8 @@ class Relaxation:
     residual: Array = None
 
     def converged(self, phase: PhaseSpec) -> Array:
-        """Per example: the residual is below the phase's tolerance and the state is finite."""
-        return (self.residual < tolerance(phase)) & jnp.isfinite(self.residual)
+        """Per example: the residual is finite and below the phase's tolerance."""
+        return converged(self.residual, phase)
 
 
 jax.tree_util.register_dataclass(Relaxation, data_fields=["state", "steps", "code", "residual"], meta_fields=[])
@@ -120,12 +125,12 @@ class Relaxer:
             return self._finish({}, x, jnp.asarray(0), jnp.asarray(OK))
         drives = fns.drives(params, x)
         step = self._step(phase, params, x, drives, beta, y)
-        tol = tolerance(phase)
         if phase.tol is None:  # fixed steps; the residual is read off the last one
             s = lax.fori_loop(0, phase.steps - 1, step, dict(s0))
             new = step(phase.steps - 1, s)
             residual = _speed(new, s, phase.dt)  # judged by whoever reads it (`Relaxation.converged`)
             return self._finish(new, x, jnp.asarray(phase.steps), jnp.asarray(OK), residual)
+        tol = phase.tol
 
         def cond(c):
             i, _, r = c
