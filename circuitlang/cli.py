@@ -204,7 +204,7 @@ def _show_warnings() -> None:
     progress bar."""
     import warnings
 
-    from .health import HealthWarning
+    from .errors import HealthWarning
 
     default = warnings.showwarning
 

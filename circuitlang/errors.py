@@ -89,6 +89,12 @@ class CircuitError(Exception):
         return self.render()
 
 
+class HealthWarning(UserWarning):
+    """A training epoch whose numbers may not be worth much (see `circuitlang.health`).
+
+    Defined here, not in `health`, so that the CLI can route it without importing JAX."""
+
+
 class CircuitSyntaxError(CircuitError):
     """The text of a `.circ` file does not fit the grammar."""
 

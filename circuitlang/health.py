@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import primitives as P
-from .errors import CircuitError, Diagnostic
+from .errors import CircuitError, Diagnostic, HealthWarning
 from .lower.relax import converged, tolerance
 
 __all__ = ["batch_health", "reduce_health", "update_ratios", "saturation", "problems", "raise_for", "render",
@@ -49,10 +49,6 @@ COLLAPSED_AT_LEAST = 0.95   # the outputs collapsed: this fraction of prediction
 FLAT = 1e-6                 # |ρ'| below this: a saturated unit
 
 Array = Any
-
-
-class HealthWarning(UserWarning):
-    """A training epoch whose numbers may not be worth much (see `health.problems`)."""
 
 
 # ------------------------------------------------------------ inside jit --

@@ -1,8 +1,10 @@
 """Text → syntax tree. Owns the lark parser and turns its errors into ours.
 
 The grammar lives in `grammar/circuit.lark` (the normative syntax reference;
-it also ships inside the wheel). The parser is LALR(1) with `strict=True` and
-a contextual lexer; a small post-lexer drops newlines inside brackets and
+it also ships inside the wheel). The parser is LALR(1) with a contextual
+lexer (the grammar is free of shift/reduce and terminal collisions: a test
+builds it with lark's `strict=True`, which needs interegular and 0.3 s, so the
+CLI does not pay for that check at every start); a small post-lexer drops newlines inside brackets and
 bounds the nesting depth, so no input can exhaust the Python stack.
 
 The syntax nodes are built while lark parses (its embedded-transformer mode):
@@ -81,21 +83,89 @@ class _Located(Exception):
         self.diagnostic = Diagnostic(message, span, hint)
 
 
-@functools.lru_cache(maxsize=1)
-def _parser() -> tuple[lark.Lark, _PostLexer, "_ToSyntax"]:
+@functools.lru_cache(maxsize=2)
+def _parser(strict: bool = False) -> tuple[lark.Lark, _PostLexer, "_ToSyntax"]:
     post = _PostLexer()
     builder = _ToSyntax()
-    parser = lark.Lark(
-        grammar_path().read_text(encoding="utf-8"),
-        parser="lalr",
-        lexer="contextual",
-        strict=True,
-        maybe_placeholders=True,
-        transformer=builder,  # build syntax nodes while parsing: no lark tree
-        postlex=post,
-    )
+    options = dict(transformer=builder, postlex=post)  # build syntax nodes while parsing: no lark tree
+    parser = None if strict else _cached_parser(options)
+    if parser is None:
+        parser = lark.Lark(_grammar_text(), parser="lalr", lexer="contextual", strict=strict,
+                           maybe_placeholders=True, **options)
+        if not strict:
+            _store_parser(parser)
     _locate_callbacks(parser, builder)
     return parser, post, builder
+
+
+def _grammar_text() -> str:
+    return grammar_path().read_text(encoding="utf-8")
+
+
+def _parser_cache() -> Path | None:
+    """Where the built LALR tables are kept between runs (`$CIRCUITLANG_CACHE`, else the user's
+    cache directory; `CIRCUITLANG_CACHE=off` turns it off). Building them costs 0.3 s, longer
+    than the rest of `circuitc check`; reading them back costs 20 ms."""
+    import hashlib
+    import os
+
+    where = os.environ.get("CIRCUITLANG_CACHE")
+    if where == "off":
+        return None
+    if not where:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        where = os.path.join(base, "circuitlang")
+    key = hashlib.sha256(f"{lark.__version__}\0{_grammar_text()}".encode()).hexdigest()[:16]
+    return Path(where) / f"parser-{key}.json"
+
+
+def _int_keys(pairs: list[tuple[str, object]]) -> dict:
+    # lark's tables are keyed by state and token numbers, which JSON turns into strings; no
+    # name in them (rules are lower case, terminals upper case) is all digits
+    return {int(k) if k.isdigit() else k: v for k, v in pairs}
+
+
+def _cached_parser(options: dict) -> lark.Lark | None:
+    """The parser from its cached tables: JSON (data, never pickle), keyed by the grammar's
+    text and lark's version, so an edited grammar or another lark builds afresh."""
+    import json
+
+    path = _parser_cache()
+    if path is None:
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_int_keys)
+        return lark.Lark._load_from_dict(stored["data"], stored["memo"], **options)
+    except Exception:  # missing, unreadable, damaged or from another lark: build it again
+        return None
+
+
+def _store_parser(parser: lark.Lark) -> None:
+    import json
+    import os
+    import tempfile
+
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    path = _parser_cache()
+    if path is None:
+        return
+    try:
+        data, memo = parser.memo_serialize([TerminalDef, Rule])
+        # the post-lexer and the transformer are objects of ours, given back when it is loaded
+        data["options"] = {k: v for k, v in data["options"].items() if k not in ("postlex", "transformer")}
+        text = json.dumps({"data": data, "memo": memo})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    except (OSError, TypeError, ValueError):  # a read-only home only costs the next run 0.3 s
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
 
 
 # one parse at a time: the post-lexer and the builder hold the state of the current one

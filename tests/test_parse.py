@@ -196,3 +196,65 @@ def test_function_chains_are_bounded_at_check_time_and_cheap():
     m = cl.compile(cl.loads(ok))
     state = m.relax(m.init(jax.random.key(0)), jnp.ones((2, 4)))
     assert state["y"].shape == (2, 3)
+
+
+# ---------------------------------------------------------------- the parser's tables --
+def test_grammar_is_strict():
+    """No shift/reduce conflict and no two terminals that match one text: lark's strict mode
+    (interegular) proves it. The CLI builds without that check, so this test is what holds it."""
+    from circuitlang import parse as P
+
+    P._parser.cache_clear()
+    try:
+        parser = P._parser(strict=True)[0]
+        assert parser.options.strict
+    finally:
+        P._parser.cache_clear()
+
+
+def _outcome(text, path):
+    try:
+        return repr(parse(text, path).statements)
+    except CircuitSyntaxError as exc:
+        return exc.render()
+
+
+def test_cached_tables_parse_as_built(tmp_path, monkeypatch):
+    """The tables read back from the cache give the same trees and the same syntax errors as
+    tables built from the grammar; a damaged or foreign cache file is rebuilt, not trusted."""
+    from pathlib import Path
+
+    from circuitlang import parse as P
+
+    texts = [(p.read_text(), str(p)) for p in EXAMPLES]
+    diag = Path(__file__).parent / "diagnostics"
+    texts += [(p.read_text(), p.name) for p in sorted(diag.glob("*.circ"))]
+    monkeypatch.setenv("CIRCUITLANG_CACHE", "off")
+    P._parser.cache_clear()
+    built = [_outcome(*t) for t in texts]
+    monkeypatch.setenv("CIRCUITLANG_CACHE", str(tmp_path))
+    try:
+        P._parser.cache_clear()
+        P._parser()  # builds and stores
+        (stored,) = tmp_path.glob("parser-*.json")
+        P._parser.cache_clear()
+        assert P._cached_parser({}) is not None
+        assert [_outcome(*t) for t in texts] == built  # read back from the file
+        stored.write_text(stored.read_text()[:1000])  # damaged
+        assert P._cached_parser({}) is None
+        P._parser.cache_clear()
+        assert [_outcome(*t) for t in texts[:3]] == built[:3]
+        assert P._cached_parser({}) is not None  # and stored again
+    finally:
+        P._parser.cache_clear()
+
+
+def test_cache_key_follows_grammar(monkeypatch, tmp_path):
+    from circuitlang import parse as P
+
+    monkeypatch.setenv("CIRCUITLANG_CACHE", str(tmp_path))
+    before = P._parser_cache()
+    monkeypatch.setattr(P, "_grammar_text", lambda: "start: \"x\"\n")
+    assert P._parser_cache() != before and P._parser_cache().parent == tmp_path
+    monkeypatch.setenv("CIRCUITLANG_CACHE", "off")
+    assert P._parser_cache() is None
