@@ -11,10 +11,9 @@ from pathlib import Path
 import networkx as nx
 
 from .check import build
-from .errors import CircuitError
 from .graph import CircuitSpec, ConnectionEdge, PopulationNode, weights
 from .overrides import apply_overrides
-from .parse import parse
+from .parse import parse, read_source
 from .source import Source, decode
 
 __all__ = ["Circuit", "load", "loads"]
@@ -88,14 +87,4 @@ def loads(text: str, path: str = "<string>") -> Circuit:
 def load(path: str | Path) -> Circuit:
     """Read, parse and check a `.circ` file. Raises `CircuitError` (located)."""
     p = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise CircuitError(f"{p}: is a directory, not a .circ file") from None
-    except FileNotFoundError:
-        raise CircuitError(f"{p}: no such file") from None
-    except PermissionError:
-        raise CircuitError(f"{p}: permission denied") from None
-    except OSError as exc:
-        raise CircuitError(f"{p}: cannot read it ({exc.strerror or exc})") from None
-    return loads(decode(data, p), p)
+    return loads(decode(read_source(path), p), p)

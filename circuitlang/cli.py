@@ -393,6 +393,13 @@ def _samples(model, data, k: int):
     return jnp.asarray(data.x_test[:k]), jnp.asarray(data.targets(data.y_test[:k]).astype("float32"))
 
 
+def _require(model, verb: str, batch: int, **kw) -> None:
+    """The memory `verb` needs, against what the machine has, before any work."""
+    from .resources import estimate, require_run
+
+    require_run(estimate(model, verb, batch=batch, **kw), model)
+
+
 def _params(model, args, dtype=None):
     import jax
 
@@ -411,6 +418,7 @@ def _simulate(args) -> int:
     model = _model(args)
     data = _data(args.data)
     x, y = _samples(model, data, args.samples)
+    _require(model, "simulate", len(x))
     record = args.record.split(",") if args.record else None
     results = simulate(model, _params(model, args), x, y, record, args.out)
     diverged = None
@@ -456,6 +464,7 @@ def _verify(args) -> int:
     dtype = jnp.float32 if args.float32 else jnp.float64
     data = _data(args.data)
     x, y = _samples(model, data, args.samples)
+    _require(model, "verify", len(x), itemsize=4 if args.float32 else 8, method=args.estimator)
     params = {k: v.astype(dtype) for k, v in _params(model, args, dtype).items()}
     method = args.estimator or model.method
     rows = V.verify(model, params, x.astype(dtype), y.astype(dtype), method, betas, report=print)
@@ -486,6 +495,7 @@ def _compile(args) -> int:
 
     model = _model(args)
     batch = args.batch or (model.learning.batch if model.learning else 1)
+    _require(model, "compile", batch)
     params = model.init(jax.random.key(0))
     x = {n: jnp.zeros((batch, *model.shape_of(n))) for n in model.inputs}
     out_pop = model.spec.costs[0].population if model.spec.costs else None

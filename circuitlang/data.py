@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CircuitError, Diagnostic, did_you_mean
+from .npzfile import NpzReader
+from .resources import require_bytes
 
 __all__ = ["FASHION_MNIST_DIR", "DataError", "Dataset", "load", "read_idx", "synthetic"]
 
@@ -264,6 +266,9 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+_MAX_INFLATE = 1100  # DEFLATE cannot shrink data more than ~1032:1
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """One IDX file (the MNIST format), gzip-compressed or not.
 
@@ -276,27 +281,43 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the name
-            raw = gzip.decompress(raw)
+            compressed = f.read(2) == b"\x1f\x8b"  # gzip magic: decide by content, not by the name
+            f.seek(0)
+            size = os.fstat(f.fileno()).st_size
+            # the header first, so that a forged size is refused before anything is allocated
+            stream = gzip.GzipFile(fileobj=f, mode="rb") if compressed else f
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or head[3] == 0:
+                raise DataError(f"{path}: not an IDX file (the header must start with 00 00, a dtype code "
+                                f"and a dimension count; it starts with {head[:4].hex(' ') or 'nothing'})")
+            dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+            header = 4 + 4 * ndim
+            sizes = stream.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({4 + len(sizes)} bytes, {ndim} dimensions "
+                                f"need {header})")
+            dims = tuple(int(d) for d in np.frombuffer(sizes, ">u4"))
+            expected = math.prod(dims) * dtype.itemsize
+            shape = "x".join(map(str, dims))
+            if not compressed and size - header != expected:
+                problem = "is truncated" if size - header < expected else "has trailing bytes"
+                raise DataError(f"{path}: {problem}: the header says {shape} {dtype.name} "
+                                f"({expected} bytes of data) but the file holds {size - header}")
+            if compressed and expected > _MAX_INFLATE * max(size, 1):
+                raise DataError(f"{path}: damaged or forged: the header says {shape} {dtype.name} "
+                                f"({expected:,} bytes), more than {size:,} compressed bytes can hold")
+            # the bytes, then the float32 copy the data set keeps
+            require_bytes(expected + 4 * math.prod(dims), f"{path}: {shape} {dtype.name}")
+            raw = stream.read(expected + 1)
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"{path}: not an IDX file (the header must start with 00 00, a dtype code "
-                        f"and a dimension count; it starts with {raw[:4].hex(' ') or 'nothing'})")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    expected = math.prod(dims) * dtype.itemsize
-    held = len(raw) - header
-    if held != expected:
-        shape = "x".join(map(str, dims))
-        problem = "is truncated" if held < expected else "has trailing bytes"
+    if len(raw) != expected:
+        problem = "is truncated" if len(raw) < expected else "has trailing bytes"
         raise DataError(f"{path}: {problem}: the header says {shape} {dtype.name} "
-                        f"({expected} bytes of data) but the file holds {held}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+                        f"({expected} bytes of data) but the file holds {len(raw) if len(raw) < expected else 'more'}")
+    return np.frombuffer(raw, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _idx_dataset(kind: str, directory: str) -> Dataset:
@@ -627,6 +648,11 @@ def synthetic(n_train: int = 10000, n_test: int = 2000, n_in: int = 392, n_out: 
         raise DataError(f"synthetic: {n_train + n_test} samples of {n_in} inputs would need "
                         f"{(n_train + n_test) * n_in * 4 / 2**30:.1f} GiB",
                         hint=f"ask for at most {_MAX_ELEMENTS} input values in all (fewer `n=`, `test=` or `in=`)")
+    rows = n_train + n_test + 8192  # the samples and the calibration draws, in float64 while computed
+    require_bytes(8 * (rows * (n_in + hidden + n_out) + n_in * hidden + hidden * n_out)
+                  + 4 * (n_train + n_test) * (n_in + n_out),
+                  f"synthetic: {n_train + n_test} samples of {n_in} inputs through a teacher of {hidden} hidden units",
+                  hint="ask for fewer samples (`n=`, `test=`), inputs (`in=`) or teacher units (`hidden=`)")
     teacher_rng, calib_rng, train_rng, test_rng = (np.random.default_rng(s)
                                                    for s in np.random.SeedSequence(seed).spawn(4))
     w1 = teacher_rng.standard_normal((n_in, hidden)) * math.sqrt(48 / n_in)
@@ -670,26 +696,33 @@ def _npz(arg: str) -> Dataset:
         raise DataError("`npz` needs a path: `--data npz:PATH`")
     path = Path(arg.strip()).expanduser()
     keys = ("x_train", "y_train", "x_test", "y_test")
+    save = f"save it with np.savez(PATH, {'=..., '.join(keys)}=...)"
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: a single .npy array, not an .npz archive of four arrays",
-                            hint=f"save it with np.savez(PATH, {'=..., '.join(keys)}=...)")
-        with z:
-            missing = [k for k in keys if k not in z.files]
+        with NpzReader(path, "data file") as z:
+            missing = [k for k in keys if k not in z.members]
             if missing:
                 raise DataError(f"{path}: missing array{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
-                                hint=f"save it with np.savez(PATH, {'=..., '.join(keys)}=...)")
-            x_train, y_train, x_test, y_test = (z[k] for k in keys)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds pickled data or object arrays, which circuitlang never unpickles",
-                            hint="save plain numeric arrays") from None
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+                                hint=save)
+            # everything the headers can tell is checked before a byte of data is read
+            heads = {k: z.members[k] for k in keys}
+            for name in ("x_train", "x_test"):
+                h = heads[name]
+                if h.dtype.kind not in "biuf" or len(h.shape) < 2 or 0 in h.shape:
+                    raise DataError(f"{path}: {name} is {h.dtype} {h.shape}; expected numbers shaped (N, D), N > 0")
+            for split in ("train", "test"):
+                x, y = heads[f"x_{split}"], heads[f"y_{split}"]
+                if not y.shape or y.shape[0] != x.shape[0]:
+                    raise DataError(f"{path}: x_{split} holds {x.shape[0]} samples but y_{split} is shaped {y.shape}",
+                                    hint="one label or target row per sample")
+            need = sum(h.dtype.itemsize * math.prod(h.shape) for h in heads.values())  # as stored
+            need += sum(4 * math.prod(h.shape) for h in heads.values())  # and as float32 / int32
+            require_bytes(need, f"{path}: arrays of {', '.join(f'{k} {h.shape}' for k, h in heads.items())}",
+                          hint="use a smaller data set, or set CIRCUITLANG_MEMORY if the machine has more to give")
+            x_train, y_train, x_test, y_test = (z.read(k) for k in keys)
+    except DataError:
+        raise
+    except CircuitError as exc:  # the reader's own: missing, not an npz, damaged, pickled
+        raise DataError(exc.message, hint=save if "single .npy" in exc.message else None) from None
     xs = []
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         if x.dtype.kind not in "biuf" or x.ndim < 2 or len(x) == 0 or 0 in x.shape:

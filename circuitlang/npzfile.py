@@ -101,7 +101,7 @@ class NpzReader:
             raise self.error(f"is empty, not a {self.what}")
         if head == npy.MAGIC_PREFIX:
             raise self.error(f"is a single .npy array; a {self.what} is an .npz of named arrays "
-                             "(numpy.savez(path, W1=..., ...))")
+                             "(numpy.savez(path, NAME=array, ...))")
         raise self.error(f"is not a {self.what}: not an .npz (zip) file, or truncated or damaged")
 
     def _headers(self) -> dict[str, Member]:

@@ -27,7 +27,7 @@ import lark
 from lark import Token
 
 from . import syntax as S
-from .errors import CircuitSyntaxError, Diagnostic
+from .errors import CircuitError, CircuitSyntaxError, Diagnostic
 from .source import Source, Span, decode
 
 __all__ = ["parse", "parse_file", "grammar_path", "MAX_NESTING", "MAX_EXPR_DEPTH"]
@@ -829,9 +829,33 @@ def _second_statement(source: Source, tok: Token) -> tuple[str, int] | None:
     return found
 
 
+MAX_SOURCE_BYTES = 64 * 2**20  # a .circ file; the largest the tests parse is 6 MiB
+
+
+def read_source(path: str | Path) -> bytes:
+    """The bytes of a `.circ` file, at most `MAX_SOURCE_BYTES` of them (`/dev/zero` and
+    other endless or huge inputs are refused, not read into memory)."""
+    p = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)
+    except IsADirectoryError:
+        raise CircuitError(f"{p}: is a directory, not a .circ file") from None
+    except FileNotFoundError:
+        raise CircuitError(f"{p}: no such file") from None
+    except PermissionError:
+        raise CircuitError(f"{p}: permission denied") from None
+    except OSError as exc:
+        raise CircuitError(f"{p}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise CircuitError(f"{p}: longer than {MAX_SOURCE_BYTES // 2**20} MiB, which no .circ file needs "
+                           "(is it the right file?)")
+    return data
+
+
 def parse_file(path: str | Path) -> tuple[S.Program, Source]:
     """Read, decode and parse a file; errors name the file."""
     p = str(path)
-    data = Path(path).read_bytes()
+    data = read_source(path)
     text = decode(data, p)
     return parse(text, p), Source(text, p)

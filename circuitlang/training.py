@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import __version__, health, learning
+from . import __version__, health, learning, resources
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
@@ -280,6 +280,8 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     classify = data.n_classes is not None
     labels = y if classify else np.zeros(len(X), np.int32)
     check_sizes(model, data)
+    chunk = resources.eval_chunk(model, len(X), chunk)
+    resources.require_run(resources.estimate(model, "evaluate", batch=chunk, data=data, eval_chunk=chunk), model)
     fn = _make_eval(model, len(X), chunk, classify)
     loss, acc, _, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
     out = {"loss": float(loss)}
@@ -340,6 +342,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     if batch % max(devices, 1):
         raise CircuitError(f"batch {batch} does not split evenly over {devices} devices")
     check_sizes(model, data)
+    resources.require_run(resources.estimate(model, "train", batch=batch, data=data, method=method,
+                                             eval_chunk=resources.eval_chunk(model, len(data.x_test))), model)
     if augment and len(model.fns.pops[model.inputs[0]].shape) != 3:
         raise CircuitError(
             f"--augment {','.join(augment)} shifts and flips images, but the input `{model.inputs[0]}` is "
@@ -355,7 +359,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
         epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
         epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment)
-    eval_fn = _make_eval(model, len(data.x_test), 1000, classify, data.n_classes or 0) if len(data.x_test) else None
+    chunk = resources.eval_chunk(model, len(data.x_test))
+    eval_fn = _make_eval(model, len(data.x_test), chunk, classify, data.n_classes or 0) if len(data.x_test) else None
 
     X = _inputs(model, data.x_train)
     Y = jnp.asarray(_targets(data, data.y_train))

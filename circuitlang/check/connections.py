@@ -6,7 +6,8 @@
 * `init=`: a known initializer with its arguments; `gain=` only on `=>`.
 * `: B = W` / `: B = transpose(W)`: a tie to a weight that is not itself
   tied, with the matching shape.
-* All learned weights and biases together fit in `MAX_PARAMETER_BYTES` of float32.
+* All learned weights and biases together fit in `MAX_PARAMETER_BYTES` of float32 (a bound of the
+  language; whether a run fits the machine it starts on is checked then, by `circuitlang.resources`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..ops import OPS, WRITTEN, ShapeError
 from ..source import Span
 from .base import STATEMENT_WORDS, BuilderBase, fmt_bytes, fmt_num
 
-MAX_PARAMETER_BYTES = 16 * 2**30  # float32 weights beyond this fail early
+MAX_PARAMETER_BYTES = 2**40  # 1 TiB of float32: beyond any one machine; what fits on *this* one is `resources`
 MAX_OP_ARG = 10**6  # kernel sizes, strides and paddings
 
 
