@@ -49,3 +49,20 @@ def pytest_configure(config):
     import jax
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", dest="run_all",
+                     help="also run the tests marked slow (what CI runs: `python -m pytest -q --all`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`python -m pytest` runs the quick suite (a few minutes on two cores); `--all`, or any
+    `-m` expression, decides otherwise. Slow tests are deselected, never skipped: the
+    summary counts them, and CI runs them all."""
+    if config.getoption("run_all") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]

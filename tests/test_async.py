@@ -144,6 +144,7 @@ def test_async_needs_fewer_steps_than_euler_and_prototypical(dense):
     assert res["async"] < 1e-6 < 1e-4 < min(res["euler"], res["prototypical"]), res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["one_sided", "random_sign", "symmetric", "gradient", "bptt"])
 def test_estimates_match_eulers(dense, method):
     euler, fast, params, x, y = dense
@@ -180,6 +181,7 @@ def test_holomorphic_estimate_matches_eulers(x64):
         np.testing.assert_allclose(ga[k], ge[k], atol=1e-7 * scale, rtol=0, err_msg=k)
 
 
+@pytest.mark.slow
 def test_conv_fixed_points_and_estimate_match_eulers(x64):
     # this circuit's nudged relaxation is slow for both: 800 async steps, 8000 Euler ones
     euler, fast = _model(CONV, "steps 8000; dt 0.5"), _model(CONV, "steps 800; integrator async")

@@ -1026,6 +1026,7 @@ def _fail(text: str, circ, exc: BaseException) -> None:
     derandomize=bool(os.environ.get("CI")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
+@pytest.mark.slow
 @given(circuit_texts())
 def test_check_passes_implies_compile_passes(text):
     try:

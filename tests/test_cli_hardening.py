@@ -139,6 +139,7 @@ def test_every_verb_checks_its_params(param_files, verb, tmp_path):
           f"{path}: damaged parameter file: the member `W1` declares (1000000000000, 64)")
 
 
+@pytest.mark.slow
 def test_float64_params_are_converted_and_extra_ones_allowed_on_request(param_files):
     """A float64 file (what verify computes in) evaluates in float32; extras only with the flag."""
     for name, flags in (("float64", ()), ("with_extra", ("--allow-extra-params",))):
@@ -191,6 +192,7 @@ def test_resume_reports_a_damaged_run_as_such(finished_run, tmp_path, name):
 
 
 # ---------------------------------------------------------- run directories --
+@pytest.mark.slow
 def test_out_that_cannot_be_a_directory(tmp_path):
     (tmp_path / "a_file").write_text("not a directory")
     fails(circuitc("train", TINY, "--out", tmp_path / "a_file", *FAST), 1,
@@ -200,6 +202,7 @@ def test_out_that_cannot_be_a_directory(tmp_path):
     assert (tmp_path / "a_file").read_text() == "not a directory"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs, which refuses new files even to root")
 def test_out_on_a_filesystem_that_refuses_writes():
     """Tests run as root, whom chmod does not stop; sysfs refuses files to everyone."""

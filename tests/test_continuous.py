@@ -74,6 +74,7 @@ def test_prospective_state_is_the_feed_forward_pass_at_once():
     np.testing.assert_allclose(np.asarray(st["y"]), np.asarray(out), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_prospective_errors_are_backprop_deltas():
     beta = 1e-4  # the rule reads ρ(ŭ_pre) = ρ(μ_pre + e_pre), backprop ρ(μ_pre): an O(β) difference
     model = cl.compile(cl.loads(SMALL, "s.circ"), {"phase.stream.beta": beta})
@@ -116,6 +117,7 @@ def _grad_cost(cost, u, t):
     return t.sum() * p - t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cost", ["squared", "cross_entropy"])
 @pytest.mark.parametrize("beta", [0.1, 1.0, 2.0, 5.0, -0.5])
 def test_nudged_output_solves_its_equation_at_every_beta(cost, beta):
@@ -179,6 +181,7 @@ def test_prospective_needs_a_cost_with_a_nudged_output(monkeypatch):
     assert "squared, cross_entropy" in text
 
 
+@pytest.mark.slow
 def test_streaming_changes_weights_every_step_and_learns():
     from circuitlang.data import synthetic
     from circuitlang.training import train

@@ -121,6 +121,7 @@ def finite_difference(model, params, x, y, eps=1e-5, seed=5):
 
 
 # ------------------------------------------------------------ exactness --
+@pytest.mark.slow
 def test_relaxation_matches_the_numpy_reference_simulator():
     model = circuit(steps=60)
     params = scaled_params(model)
@@ -138,6 +139,7 @@ def test_relaxation_matches_the_numpy_reference_simulator():
     assert abs(float(E) - float(np.sum(ref.op_energy(net, p, full)))) < 1e-9
 
 
+@pytest.mark.slow
 def test_prototypical_relaxation_and_symmetric_update_match_the_numpy_reference():
     text = CONV.replace("dt 0.25 }", "dt 1; integrator prototypical }").replace("dt 0.25;", "dt 1; integrator prototypical;")
     text = text.replace("beta 0.001", "beta 0.5")
@@ -168,6 +170,7 @@ FREE_MAX = (CONV.replace("population h1 [3, 3, 3]", "population h1 [3, 6, 6]")
             .replace("h2 -- h1 : K2 conv(3, padding=same)", "h2 -- h1 : K2 conv(3, padding=same) pool(max, 2)"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", [CONV, FREE_MAX], ids=["pool on the input", "pool on a free layer"])
 def test_symmetric_eqprop_matches_the_true_gradient_at_small_beta(text):
     model = circuit(text=text)
@@ -180,6 +183,7 @@ def test_symmetric_eqprop_matches_the_true_gradient_at_small_beta(text):
         assert cosine({k: g[k]}, {k: true[k]}) >= 0.9999, k
 
 
+@pytest.mark.slow
 def test_the_true_gradient_matches_finite_differences_of_the_loss():
     model = circuit(steps=3000)
     params = scaled_params(model)
@@ -188,6 +192,7 @@ def test_the_true_gradient_matches_finite_differences_of_the_loss():
     assert abs(fd - directional) <= 1e-6 * max(1.0, abs(fd)), (fd, directional)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["one_sided", "random_sign", "symmetric", "chl", "bptt", "holomorphic"])
 def test_every_estimator_runs_on_a_conv_circuit(method):
     text = CONV.replace("pool(max, 2)", "pool(softmax, 2)") if method == "holomorphic" else CONV
@@ -229,6 +234,7 @@ learn eqprop { phase free { steps 2000; dt 0.1 }; phase nudge { steps 2000; dt 0
 """
 
 
+@pytest.mark.slow
 def test_tied_transposed_convolutions_make_the_vector_field_a_gradient():
     """With identity rates and feedback tied to the transposed forward operator, the leaky
     vector field is the gradient of an energy, so generalized EqProp (Scellier et al. 2018)
@@ -246,6 +252,7 @@ def test_tied_transposed_convolutions_make_the_vector_field_a_gradient():
     assert "B2" not in params and "B3" not in params
 
 
+@pytest.mark.slow
 def test_a_tied_transpose_through_max_pooling_is_the_vjp_at_the_current_state():
     """Max-pooling is not linear: `B2 = transpose(K2)` sends back the VJP of K2's chain,
     linearised at the state of the population the chain reads (h). (With identity rates
@@ -263,6 +270,7 @@ def test_a_tied_transpose_through_max_pooling_is_the_vjp_at_the_current_state():
     np.testing.assert_allclose(sent, vjp(rates["g"])[0], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_fixed_and_inhibitory_kernels():
     text = CONV.replace("h1 -- x : K1 conv(3, padding=1) pool(max, 2)",
                         "h1 -- x : K1 conv(3, padding=1) pool(max, 2) fixed inhibitory")
@@ -321,6 +329,7 @@ def test_a_rule_on_a_kernel_is_the_correlation_of_its_two_sides():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_stdp_rule_on_a_kernel_integrates_to_one_sided_eqprop():
     """d(ρ(post))/dt · ρ(pre) applied to both ends of the coupling telescopes to
     β × the one-sided EqProp update: exactly, for a convolution as for a matrix."""
@@ -349,6 +358,7 @@ def test_kernel_rules_build_no_batch_by_post_by_pre_tensor():
 
 
 # ---------------------------------------------------------- shapes in general --
+@pytest.mark.slow
 def test_shaped_one_to_one_and_per_neuron_biases():
     text = """
 population x [2, 3, 3] input
@@ -419,6 +429,7 @@ learn rules {
 """
 
 
+@pytest.mark.slow
 def test_convolutions_into_cell_compartments_with_local_rules():
     """A kernel feeding a compartment of shaped cells, a fixed feedback kernel into the
     apical one, and a rule on the kernel reading the apical compartment."""

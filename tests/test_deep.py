@@ -57,6 +57,7 @@ def _accuracy(model, params, data) -> float:
     return float(np.mean(np.argmax(pred, axis=-1) == data.y_test))
 
 
+@pytest.mark.slow
 def test_deep_example_trains_without_health_warnings(digits):
     model = cl.compile(cl.load(ROOT / "examples" / "deep_eqprop.circ"))
     with warnings.catch_warnings(record=True) as caught:
@@ -72,6 +73,7 @@ def test_deep_example_trains_without_health_warnings(digits):
             assert row[f"saturated.{n}"] < 0.9, (n, row)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradient", "bptt"])
 def test_exact_gradients_train_a_bounded_hopfield_circuit(digits, method):
     model = cl.compile(cl.loads(SMALL.format(a1=0.1, a2=0.18)))

@@ -242,6 +242,7 @@ def _cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "circuitlang", *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_simulate_judges_by_the_residual_not_the_last_change(tmp_path):
     """At dt 0.005 the state moves little per step however far it is from its fixed point:
     stopped where its residual is between the tolerance and twice it, the last step moved
@@ -267,6 +268,7 @@ def test_simulate_judges_by_the_residual_not_the_last_change(tmp_path):
     assert last_change < 1e-4 and DEFAULT_TOL <= float(free.group(2))
 
 
+@pytest.mark.slow
 def test_simulate_divergence_is_an_error_in_the_phase_that_diverged(tmp_path):
     """The nudge (dt 50, β 1e30) makes the states non-finite; the free phase was fine."""
     r = _cli("simulate", "tests/circuits/tiny_hopfield.circ", "--out", str(tmp_path / "sim"),
@@ -314,6 +316,7 @@ def test_verify_marks_a_vanishing_reference_and_refuses_nan(tmp_path):
         V.verify(m, bad, x, jnp.ones((3, 2)), betas=(0.1,))
 
 
+@pytest.mark.slow
 def test_verify_cli_on_rules_calls_its_figure_size_ratio_everywhere(tmp_path):
     r = _cli("verify", "examples/stdp_eqprop.circ", "--betas", "0.5,0.1", "--samples", "4", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -324,6 +327,7 @@ def test_verify_cli_on_rules_calls_its_figure_size_ratio_everywhere(tmp_path):
     assert "residuals (" in r.stdout
 
 
+@pytest.mark.slow
 def test_verify_cli_nan_exits_1(tmp_path):
     r = _cli("verify", "tests/circuits/tiny_hopfield.circ", "--betas", "1e300", "--samples", "2",
              "--set", "phase.nudge.dt=1e3")
@@ -331,6 +335,7 @@ def test_verify_cli_nan_exits_1(tmp_path):
     assert "not finite" in r.stderr
 
 
+@pytest.mark.slow
 def test_simulate_writes_no_energy_for_a_vector_field(tmp_path):
     """A circuit without an energy has no `PHASE/energy` trace (it used to be all zeros)."""
     from circuitlang.simulate import simulate

@@ -62,6 +62,7 @@ def mirror_trained(digits):
     return model, result
 
 
+@pytest.mark.slow
 def test_mirror_reaches_self_predicting_state_below_5_percent_in_20_epochs(mirror_trained, digits):
     model, result = mirror_trained
     x = jnp.asarray(digits.x_test)
@@ -72,6 +73,7 @@ def test_mirror_reaches_self_predicting_state_below_5_percent_in_20_epochs(mirro
     assert result.history[-1]["test_accuracy"] > 0.9  # and it learns meanwhile
 
 
+@pytest.mark.slow
 def test_mirror_w1_update_follows_true_gradient_in_self_predicting_state(digits):
     """Sacramento et al.'s protocol: learn the self-predicting state first (forward
     weights frozen, only V1f and V1b learn), then the W1 update of the nudge phase
@@ -116,6 +118,7 @@ def test_dendritic_microcircuit_compiles_and_its_rules_are_finite(digits):
     assert set(s) >= {"x", "p1", "p2", "i1"}
 
 
+@pytest.mark.slow
 def test_dendritic_microcircuit_training_reduces_the_loss(digits):
     model = cl.compile(cl.load(DENDRITIC))
     start = evaluate(model, _init(model), digits)

@@ -97,6 +97,7 @@ def test_jax_convolution_matches_numpy_forward_and_reverse(h, w, k, s, p):
     np.testing.assert_allclose(dK, ndK, rtol=0, atol=1e-11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h,w,k,s,p", CONVS)
 def test_convolution_adjoint_is_jaxs_own_transpose(h, w, k, s, p):
     """The operator's VJP (through `lax.conv_transpose`) equals JAX's automatic transpose

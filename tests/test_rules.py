@@ -34,6 +34,7 @@ def _batch(n_in, n_out, B=6, seed=0):
 
 
 # ------------------------------------------------------------------ STDP --
+@pytest.mark.slow
 def test_stdp_rule_integrates_to_one_sided_eqprop():
     model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))
     params = model.init(jax.random.key(0), jnp.float64)
@@ -143,6 +144,7 @@ def _numpy_cells(params, x, y, spec):
     return {k: -v for k, v in total.items()}, s, a
 
 
+@pytest.mark.slow
 def test_cell_rules_match_per_synapse_numpy():
     model = cl.compile(cl.loads(CELLS, "cells.circ"))
     assert model.state_keys == ("h", "h.a", "y")
@@ -189,6 +191,7 @@ def _all_shapes(jaxpr):
                     yield from _all_shapes(getattr(inner, "jaxpr", inner))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["stdp_eqprop", "mirror_interneurons", "continuous_learning"])
 def test_rules_never_build_batch_by_post_by_pre(example):
     model = cl.compile(cl.load(ROOT / "examples" / f"{example}.circ"))
@@ -268,6 +271,7 @@ def test_rules_estimator_needs_rules():
 
 
 # -------------------------------------------------------------- training --
+@pytest.mark.slow
 def test_stdp_example_learns_digits_quickly(tmp_path):
     from circuitlang.data import load
     from circuitlang.training import train
@@ -281,6 +285,7 @@ def test_stdp_example_learns_digits_quickly(tmp_path):
 
 
 # ------------------------------------------------------------ simulate/verify --
+@pytest.mark.slow
 def test_simulate_records_compartments(tmp_path):
     from circuitlang.simulate import simulate
 
@@ -302,6 +307,7 @@ def test_simulate_records_compartments(tmp_path):
         simulate(model, params, x, y, record=["h.dendrite"])
 
 
+@pytest.mark.slow
 def test_verify_reports_the_angle_of_local_rules():
     from circuitlang.verify import format_table, verify
 

@@ -213,6 +213,7 @@ def slope(betas, biases):
     return float(np.polyfit(np.log(betas), np.log(biases), 1)[0])
 
 
+@pytest.mark.slow
 def test_estimator_bias_scaling(layered):
     g = layered.est("gradient")
     bias = {m: np.array([rel_err(layered.est(m, b), g) for b in BETAS]) for m in ("one_sided", "symmetric", "holomorphic")}

@@ -72,6 +72,7 @@ def case():
     return out
 
 
+@pytest.mark.slow
 def test_free_states_equal_the_hopfield_ones(case):
     leaky, hop = case["free"]
     for n in ("h", "y"):
@@ -156,6 +157,7 @@ dynamics leaky
 """ + TAIL.replace("3000", "200").replace("0.01", "0.5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["one_sided", "random_sign", "symmetric", "gradient", "bptt"])
 def test_fixed_feedback_gets_an_exactly_zero_estimate(method):
     model = cl.compile(cl.loads(FA))
@@ -208,6 +210,7 @@ learn eqprop {
 """
 
 
+@pytest.mark.slow
 def test_bounded_tied_vector_field_update_tends_to_the_gradient():
     with jax.enable_x64(True):
         model = cl.compile(cl.loads(BOUNDED))
