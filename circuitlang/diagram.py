@@ -91,7 +91,8 @@ def interneurons(circ: Circuit) -> dict[str, str]:
         reached = _reach(inputs, [(e.pre, e.post) for e in conns if name not in (e.pre, e.post)])
         if set(pops) - {name} <= reached | set(inputs):
             out[name] = next(iter(targets))
-    return out
+    # interneurons serving each other are drawn as layers of their own
+    return {n: p for n, p in out.items() if p not in out}
 
 
 def _reach(start: list[str], edges: list[tuple[str, str]]) -> set[str]:
@@ -259,27 +260,7 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
     for e, head in zip(circ.connections, heads):
         kinds = _edge_kinds(e, plastic, learning)
         used += [k for k in kinds if k not in used]
-        attrs = _edge_attrs(kinds)
-        label = _edge_label(e, plastic)
-        span = rank[e.post] - rank[e.pre]
-        # a connection leaves from the top of the body when it goes up, from its bottom when it goes down
-        tail = _end(circ, e.pre, BODY + (":n" if span > 0 else ":s" if span < 0 else ""))
-        head_end = _end(circ, e.post, head)
-        if span < 0 and e.kind != "one_to_one":
-            # feedback: declared upwards and drawn backwards, so dot ranks and routes it like the
-            # layers' own edges (it squeezes a non-constraining edge along the nodes' sides)
-            back = {("arrowtail" if k == "arrowhead" else k): v for k, v in attrs.items()}
-            if back.get("dir") != "none":
-                back["dir"] = "back"
-            if span < -1:
-                back["minlen"] = str(-span)
-            g.edge(head_end, tail, label=label, **back)
-            continue
-        if span < 0:  # graphviz 2.43 draws no tail arrow on a doubled (one-to-one) line
-            attrs["constraint"] = "false"
-        elif span > 1:
-            attrs["minlen"] = str(span)
-        g.edge(tail, head_end, label=label, **attrs)
+        _connection(g, circ, e, head, rank[e.post] - rank[e.pre], _edge_attrs(kinds), _edge_label(e, plastic))
     for cost in spec.costs:
         nudge_attrs, _ = EDGE_STYLES["nudge"]
         target = f"target_{cost.population}"
@@ -294,6 +275,29 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
         inputs = [n for n, p in circ.populations.items() if p.role == "input"]
         _legend(g, circ, used, below=inputs or list(circ.populations)[:1])
     return g
+
+
+def _connection(g: graphviz.Digraph, circ: Circuit, e: ConnectionEdge, head: str, span: int,
+                attrs: dict[str, str], label: str) -> None:
+    """One connection, from the body of `e.pre` to its port `head`; `span`: ranks it climbs."""
+    # it leaves from the top of the body when it goes up, from its bottom when it goes down
+    tail = _end(circ, e.pre, BODY + (":n" if span > 0 else ":s" if span < 0 else ""))
+    head_end = _end(circ, e.post, head)
+    if span < 0 and e.kind != "one_to_one":
+        # feedback: declared upwards and drawn backwards, so dot ranks and routes it like the
+        # layers' own edges (it squeezes a non-constraining edge along the nodes' sides)
+        back = {("arrowtail" if k == "arrowhead" else k): v for k, v in attrs.items()}
+        if back.get("dir") != "none":
+            back["dir"] = "back"
+        if span < -1:
+            back["minlen"] = str(-span)
+        g.edge(head_end, tail, label=label, **back)
+        return
+    if span < 0:  # graphviz 2.43 draws no tail arrow on a doubled (one-to-one) line drawn backwards
+        attrs = {**attrs, "constraint": "false"}
+    elif span > 1:
+        attrs = {**attrs, "minlen": str(span)}
+    g.edge(tail, head_end, label=label, **attrs)
 
 
 def _end(circ: Circuit, pop: str, port: str) -> str:
