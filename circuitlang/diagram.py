@@ -134,12 +134,12 @@ def ranks(circ: Circuit) -> dict[str, int]:
 
 # ------------------------------------------------------------------- edges --
 def _edge_kinds(e: ConnectionEdge, plastic: Mapping[str, Plasticity], learning: bool) -> list[str]:
+    p = plastic.get(e.weight or "")
+    if p is not None and p.how == "tied":
+        p = plastic.get(p.tied_to or "")
     if not learning:
-        base = "weight"
+        base = "static" if p is not None and p.how == "fixed" else "weight"
     else:
-        p = plastic.get(e.weight or "")
-        if p is not None and p.how == "tied":
-            p = plastic.get(p.tied_to or "")
         base = "learned" if p is not None and p.learned else "static"
     kinds = [base]
     if e.kind in ("undirected", "one_to_one"):
@@ -315,6 +315,8 @@ def _legend(g: graphviz.Digraph, circ: Circuit, kinds: list[str], below: list[st
             row.attr(rank="same")
             for i, k in enumerate(kinds):
                 text = _learned_text(circ) if k == "learned" else EDGE_STYLES[k][1]
+                if k == "static" and circ.spec.learning is None:
+                    text = "fixed"
                 a, b = f"legend_{i}_a", f"legend_{i}_b"
                 row.node(a, label="", shape="point", width="0.01", style="invis")
                 row.node(b, label=f'<<FONT POINT-SIZE="9">{html.escape(text)}</FONT>>', shape="plaintext")

@@ -11,7 +11,8 @@ and bias with it, so a reader sees `W1 · eqprop`, `W_IP · rule (predict)` or
   phases the rule is `during` (or `always`); any other one keeps its initial
   value.
 * A tied weight `B = transpose(W)` follows `W`; a `fixed` one never changes.
-* Without a `learn` block nothing is said (`how == ""`).
+* Without a `learn` block nothing is said (`how == ""`), except that a
+  `fixed` weight is fixed.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def plasticity(circ: Circuit) -> dict[str, Plasticity]:
         if e.plasticity == "tied":
             out[name] = Plasticity("tied", tied_to=e.tied_to)
         elif e.plasticity == "fixed":
-            out[name] = Plasticity("fixed" if learn is not None else "")
+            out[name] = Plasticity("fixed")
         else:
             out[name] = own(name)
     for name, pop in circ.populations.items():

@@ -95,8 +95,10 @@ def test_fixed_and_one_to_one_styles():
     fixed = _edge(edges, "F")
     # feedback: declared from b up to c and drawn backwards, so the layers stay bottom-up
     assert (fixed["tail"], fixed["head"], fixed["attrs"]["dir"]) == ("b", "c", "back")
-    # without a learn block nothing is said about learning: no colour, no rule, no panel
-    assert fixed["label"] == "F" and _edge(edges, "W")["label"] == "W" and "learn" not in src
+    # without a learn block nothing is said about learning (no colour, no rule, no panel), but `fixed`
+    assert fixed["label"] == "F / fixed" and fixed["attrs"]["color"] == diagram.STATIC_COLOR
+    assert _edge(edges, "W")["label"] == "W" and _edge(edges, "W")["attrs"].get("color", "black") == "black"
+    assert "learn" not in src and "fixed</FONT>" in src  # the legend's entry
     assert "legend" not in diagram.to_dot(circ, legend=False).source
 
 
