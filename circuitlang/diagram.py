@@ -6,19 +6,19 @@ What the drawing says, so that it reads right to someone who has only the
 * **Layers** run bottom-up: inputs at the bottom, outputs at the top, each
   population one layer above the nearest one that drives it (`ranks`). An
   interneuron (a hidden population that is driven by one population and
-  projects back into it alone) is drawn beside the layer it serves, half a
-  layer up, not above the layer that teaches it.
+  projects back into it alone, `interneurons`) is drawn beside the layer it
+  serves, half a layer up, not above the layer that teaches it.
 * **Populations** are tables (`nodes.py`): the body names the population,
   its cell type, shape, role, rate function ρ, state bounds and bias; a
   population with a cell type shows its compartments beside the body,
   `apical` ones above the others. A connection leaves from the body and
   ends on its own port of the compartment it feeds, so no two arrow heads
   share a point.
-* **Learning**: a weight's colour says whether it learns; its label names
-  the weight, its operators and how it learns (`W1 · eqprop`,
-  `W_IP · rule (predict)`, `B2 · fixed`, `B2 = W2ᵀ`, see `plasticity.py`).
-  A panel under the legend lists the phases and the estimator or the
-  file's own rules.
+* **Learning**: a weight's colour says whether it learns; its label gives
+  the weight and its operators over how it learns (`W1` / `eqprop`,
+  `W_IP` / `rule (predict)`, `B2` / `fixed`, or `B2 = W2ᵀ`; see
+  `plasticity.py`). Under the title, the phases in order and the estimator,
+  or the file's own rules as written (`nodes.learning_panel`).
 
 The edge styles are defined once in `EDGE_STYLES`, which the legend reads.
 """
