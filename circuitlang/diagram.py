@@ -1,11 +1,26 @@
 """Circuit graph → graphviz diagram (DOT, SVG, PNG, PDF).
 
-Populations are drawn bottom-up (inputs at the bottom, outputs at the top),
-as tables whose cells are the compartments, so a directed connection ends on
-the compartment it feeds: apical compartments sit above the cell's name,
-the other compartments below it. The edge styles (undirected, tied,
-inhibitory, fixed, one-to-one) are defined once in `EDGE_STYLES`, which the
-legend also reads.
+What the drawing says, so that it reads right to someone who has only the
+`.circ` file:
+
+* **Layers** run bottom-up: inputs at the bottom, outputs at the top, each
+  population one layer above the nearest one that drives it (`ranks`). An
+  interneuron (a hidden population that is driven by one population and
+  projects back into it alone, `interneurons`) is drawn beside the layer it
+  serves, half a layer up, not above the layer that teaches it.
+* **Populations** are tables (`nodes.py`): the body names the population,
+  its cell type, shape, role, rate function ρ, state bounds and bias; a
+  population with a cell type shows its compartments beside the body,
+  `apical` ones above the others. A connection leaves from the body and
+  ends on its own port of the compartment it feeds, so no two arrow heads
+  share a point.
+* **Learning**: a weight's colour says whether it learns; its label gives
+  the weight and its operators over how it learns (`W1` / `eqprop`,
+  `W_IP` / `rule (predict)`, `B2` / `fixed`, or `B2 = W2ᵀ`; see
+  `plasticity.py`). Under the title, the phases in order and the estimator,
+  or the file's own rules as written (`nodes.learning_panel`).
+
+The edge styles are defined once in `EDGE_STYLES`, which the legend reads.
 """
 
 from __future__ import annotations
@@ -13,126 +28,96 @@ from __future__ import annotations
 import html
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import graphviz
 
+from . import primitives as P
 from .circuit import Circuit
-from .graph import ConnectionEdge, PopulationNode
-from .layout import describe
+from .graph import ConnectionEdge
+from .nodes import BODY, Ports, learning_panel, population_label
 from .ops import OPS
+from .plasticity import Plasticity, plasticity
 
-__all__ = ["to_dot", "render", "EDGE_STYLES"]
+__all__ = ["to_dot", "render", "EDGE_STYLES", "ranks", "interneurons", "BODY"]
 
 FONT = "Helvetica"
-ROLE_COLORS = {"input": "#dbeafe", "hidden": "#f3f4f6", "output": "#fde68a"}
-ROLE_BORDER = {"input": "#1d4ed8", "hidden": "#4b5563", "output": "#b45309"}
 NUDGE_COLOR = "#dc2626"
+LEARNED_COLOR = "#0f766e"
+STATIC_COLOR = "#6b7280"
 
-# name -> (graphviz edge attributes, legend text)
+# name -> (graphviz edge attributes, legend text); `one_to_one` doubles the line in the edge's colour
 EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
-    "directed": ({"arrowhead": "normal"}, "learned"),
+    "weight": ({"arrowhead": "normal"}, "weight"),
+    "learned": ({"color": LEARNED_COLOR, "fontcolor": LEARNED_COLOR, "arrowhead": "normal"}, "learned"),
+    "static": ({"color": STATIC_COLOR, "fontcolor": STATIC_COLOR, "arrowhead": "empty"}, "not learned"),
     "undirected": ({"dir": "none", "penwidth": "1.6"}, "undirected (energy)"),
-    "tied": ({"style": "dashed", "arrowhead": "normal"}, "tied (Wᵀ)"),
-    "fixed": ({"color": "#6b7280", "fontcolor": "#6b7280", "arrowhead": "empty"}, "fixed"),
+    "tied": ({"style": "dashed"}, "tied (Wᵀ)"),
     "inhibitory": ({"arrowhead": "tee"}, "inhibitory"),
-    "one_to_one": ({"color": "black:invis:black", "arrowhead": "normal"}, "one-to-one"),
+    "one_to_one": ({}, "one-to-one"),
     "nudge": ({"style": "dashed", "color": NUDGE_COLOR, "fontcolor": NUDGE_COLOR, "arrowhead": "normal"},
               "nudge −β∂C/∂s"),
 }
 
 _SUPERSCRIPT_T = "ᵀ"
+# graphviz 2.43 reads an edge's arrowhead from the wrong attribute when the attribute
+# was first declared on an edge that dot then re-routes (a label, a port, a flat or a
+# non-constraining edge): "Arrow type ... unknown". Declared here, they are known up front.
+_EDGE_DEFAULTS = {"arrowhead": "normal", "arrowtail": "normal", "dir": "forward", "constraint": "true",
+                  "style": "solid", "color": "black", "fontcolor": "black", "minlen": "1"}
 
 
-def _edge_kinds(e: ConnectionEdge) -> list[str]:
-    kinds = ["one_to_one" if e.kind == "one_to_one" else e.kind]
-    if e.plasticity == "tied":
-        kinds.append("tied")
-    elif e.plasticity == "fixed" and e.kind != "one_to_one":
-        kinds.append("fixed")
-    if e.sign < 0:
-        kinds.append("inhibitory")
-    return kinds
+# ------------------------------------------------------------------ layers --
+def interneurons(circ: Circuit) -> dict[str, str]:
+    """Interneuron → the population it serves.
 
-
-def _edge_attrs(e: ConnectionEdge) -> dict[str, str]:
-    attrs: dict[str, str] = {}
-    for k in _edge_kinds(e):
-        attrs.update(EDGE_STYLES[k][0])
-    if e.kind == "undirected":
-        attrs.pop("arrowhead", None)
-    return attrs
-
-
-def _edge_label(e: ConnectionEdge) -> str:
-    """The weight's name, and its operators when they are not a plain dense map or 1:1."""
-    if e.plasticity == "tied":
-        tied = e.tied_to + (_SUPERSCRIPT_T if e.transposed else "")
-        return f"{e.weight} = {tied}"
-    if e.kind == "one_to_one":
-        gain = f" ×{e.gain:g}" if e.gain != 1 else ""
-        return (e.weight or "1:1") + gain
-    kinds = [s.kind for s in e.stages]
-    if kinds == ["dense"]:
-        return e.weight or ""
-    ops = " → ".join(OPS[s.kind].label(s.kw) for s in e.stages)
-    return f"{e.weight}: {ops}" if e.weight else ops
-
-
-def _is_top(compartment: str) -> bool:
-    return "apical" in compartment.lower()
-
-
-def _population_label(pop: PopulationNode, default_activation: str) -> str:
-    esc = html.escape
-    fill, border = ROLE_COLORS[pop.role], ROLE_BORDER[pop.role]
-    title = f"<B>{esc(pop.name)}</B>"
-    if pop.cell_type:
-        title += f" : <I>{esc(pop.cell_type)}</I>"
-    title += f"  {describe(pop.shape)}"
-    notes = []
-    if pop.role != "hidden":
-        notes.append(pop.role)
-    if pop.activation != default_activation:
-        notes.append(f"ρ = {pop.activation}")
-    if pop.bias:
-        notes.append("+ bias" if len(pop.shape) == 1 else f"+ bias per {pop.bias_per}")
-    sub = f'<BR/><FONT POINT-SIZE="9">{esc(" · ".join(notes))}</FONT>' if notes else ""
-    if not pop.cell_type:
-        return (
-            f'<<TABLE BORDER="1" COLOR="{border}" CELLBORDER="0" CELLSPACING="0" CELLPADDING="6" '
-            f'BGCOLOR="{fill}" STYLE="ROUNDED"><TR><TD PORT="soma">{title}{sub}</TD></TR></TABLE>>'
-        )
-    top = [c for c in pop.compartments if _is_top(c)]
-    bottom = [c for c in pop.compartments if not _is_top(c)]
-    width = max(len(top), len(bottom), 1)
-
-    def row(comps: list[str], side: str) -> str:
-        if not comps:
-            return ""
-        cells = []
-        for i, c in enumerate(comps):
-            span = width - len(comps) + 1 if i == len(comps) - 1 else 1
-            sides = side + ("L" if i else "")
-            cells.append(
-                f'<TD PORT="{esc(c)}" COLSPAN="{span}" BGCOLOR="white" BORDER="1" SIDES="{sides}" '
-                f'COLOR="{border}"><FONT POINT-SIZE="10"><I>{esc(c)}</I></FONT></TD>'
-            )
-        return "<TR>" + "".join(cells) + "</TR>"
-
-    head = f'<TR><TD COLSPAN="{width}" BGCOLOR="{fill}">{title}{sub}</TD></TR>'
-    return (
-        f'<<TABLE BORDER="1" COLOR="{border}" CELLBORDER="0" CELLSPACING="0" CELLPADDING="5" '
-        f'STYLE="ROUNDED">{row(top, "B")}{head}{row(bottom, "T")}</TABLE>>'
-    )
-
-
-def _depths(circ: Circuit) -> dict[str, int]:
-    """Distance from the inputs, following every connection forward."""
+    A hidden population is an interneuron of P when it projects to P alone,
+    P drives it, and it is no link in the way up: every other population is
+    still reached from the inputs without it. (Its teacher, if any, may sit
+    higher.)
+    """
     pops = circ.populations
+    conns = [e for e in circ.connections if e.pre != e.post]
+    inputs = [n for n, p in pops.items() if p.role == "input"]
+    out: dict[str, str] = {}
+    for name, pop in pops.items():
+        if pop.role != "hidden":
+            continue
+        targets = {e.post for e in conns if e.pre == name}
+        sources = {e.pre for e in conns if e.post == name}
+        if len(targets) != 1 or not targets <= sources:
+            continue
+        reached = _reach(inputs, [(e.pre, e.post) for e in conns if name not in (e.pre, e.post)])
+        if set(pops) - {name} <= reached | set(inputs):
+            out[name] = next(iter(targets))
+    # interneurons serving each other are drawn as layers of their own
+    return {n: p for n, p in out.items() if p not in out}
+
+
+def _reach(start: list[str], edges: list[tuple[str, str]]) -> set[str]:
+    seen, frontier = set(start), list(start)
+    while frontier:
+        u = frontier.pop()
+        for a, b in edges:
+            if a == u and b not in seen:
+                seen.add(b)
+                frontier.append(b)
+    return seen
+
+
+def ranks(circ: Circuit) -> dict[str, int]:
+    """Each population's rank, 0 at the bottom: 2 × its layer, +1 for an interneuron.
+
+    The layer is the distance from the inputs along connections (ties and
+    interneurons aside); an interneuron sits half a layer above the one it serves.
+    """
+    pops = circ.populations
+    inter = interneurons(circ)
+    edges = [(e.pre, e.post) for e in circ.connections
+             if e.plasticity != "tied" and e.pre not in inter and e.post not in inter]
     depth = {n: 0 for n, p in pops.items() if p.role == "input"} or {next(iter(pops)): 0}
     frontier = list(depth)
-    edges = [(e.pre, e.post) for e in circ.connections if e.plasticity != "tied"]
     while frontier:
         nxt = []
         for u in frontier:
@@ -141,11 +126,69 @@ def _depths(circ: Circuit) -> dict[str, int]:
                     depth[b] = depth[u] + 1
                     nxt.append(b)
         frontier = nxt
-    for n in pops:
-        depth.setdefault(n, 0)
-    return depth
+    rank = {n: 2 * depth.get(n, 0) for n in pops if n not in inter}
+    for n, served in inter.items():
+        rank[n] = rank[served] + 1
+    return {n: rank[n] for n in pops}
 
 
+# ------------------------------------------------------------------- edges --
+def _edge_kinds(e: ConnectionEdge, plastic: Mapping[str, Plasticity], learning: bool) -> list[str]:
+    p = plastic.get(e.weight or "")
+    if p is not None and p.how == "tied":
+        p = plastic.get(p.tied_to or "")
+    if not learning:
+        base = "static" if p is not None and p.how == "fixed" else "weight"
+    else:
+        base = "learned" if p is not None and p.learned else "static"
+    kinds = [base]
+    if e.kind in ("undirected", "one_to_one"):
+        kinds.append(e.kind)
+    if e.plasticity == "tied":
+        kinds.append("tied")
+    if e.sign < 0:
+        kinds.append("inhibitory")
+    return kinds
+
+
+def _edge_attrs(kinds: list[str]) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    for k in kinds:
+        attrs.update(EDGE_STYLES[k][0])
+    if "one_to_one" in kinds:
+        c = attrs.get("color", "black")
+        attrs["color"] = f"{c}:invis:{c}"
+    if "undirected" in kinds:
+        attrs.pop("arrowhead", None)
+    return attrs
+
+
+def _edge_label(e: ConnectionEdge, plastic: Mapping[str, Plasticity]) -> str:
+    """The weight's name and its operators when they are not a plain dense map or 1:1, then
+    how it learns (`W1 · eqprop`), as an HTML label of two lines."""
+    if e.plasticity == "tied":
+        tied = e.tied_to + (_SUPERSCRIPT_T if e.transposed else "")
+        text, how = f"{e.weight} = {tied}", ""
+    else:
+        if e.kind == "one_to_one":
+            gain = f" ×{e.gain:g}" if e.gain != 1 else ""
+            text = (e.weight or "1:1") + gain
+        elif [s.kind for s in e.stages] == ["dense"]:
+            text = e.weight or ""
+        else:
+            ops = " → ".join(OPS[s.kind].label(s.kw) for s in e.stages)
+            text = f"{e.weight}: {ops}" if e.weight else ops
+        how = plastic[e.weight].label if e.weight in plastic else ""
+    second = f'<BR/><FONT POINT-SIZE="9">{html.escape(how)}</FONT>' if how else ""
+    return f'<<TABLE BORDER="0" CELLPADDING="3" CELLSPACING="0"><TR><TD>{html.escape(text)}{second}</TD></TR></TABLE>>'
+
+
+def _side(rank: Mapping[str, int], pre: str, post: str) -> str:
+    """Where a connection comes from, seen from its target: ``"top"`` or ``"bottom"``."""
+    return "top" if rank[pre] > rank[post] else "bottom"
+
+
+# ----------------------------------------------------------------- diagram --
 def _title(circ: Circuit) -> str:
     spec = circ.spec
     parts = []
@@ -165,51 +208,104 @@ def _title(circ: Circuit) -> str:
         parts.append(method)
     head = html.escape(spec.name + (f" — {spec.doc}" if spec.doc else ""))
     sub = html.escape("  ·  ".join(parts))
-    return f'<<B>{head}</B><BR/><FONT POINT-SIZE="10">{sub}</FONT>>'
+    panel = learning_panel(circ)
+    rows = f'<TR><TD><B>{head}</B><BR/><FONT POINT-SIZE="10">{sub}</FONT></TD></TR>'
+    if panel:
+        rows += f'<TR><TD ALIGN="CENTER">{panel}</TD></TR>'
+    return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2">{rows}</TABLE>>'
+
+
+def _learned_text(circ: Circuit) -> str:
+    learn = circ.spec.learning
+    if learn is None:
+        return EDGE_STYLES["learned"][1]
+    if learn.method == "rules":
+        return "learned by its rule"
+    return f"learned ({learn.method}, {learn.estimator})" if learn.estimator else f"learned ({learn.method})"
 
 
 def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
     """The diagram of `circ` as a `graphviz.Digraph` (deterministic source)."""
     spec = circ.spec
     g = graphviz.Digraph(name=spec.name)
-    g.attr(rankdir="BT", newrank="true", nodesep="0.5", ranksep="0.7", fontname=FONT,
+    g.attr(rankdir="BT", newrank="true", nodesep="0.5", ranksep="0.35", fontname=FONT,
            labelloc="t", label=_title(circ))
     g.attr("node", shape="plain", fontname=FONT, fontsize="12")
-    g.attr("edge", fontname=FONT, fontsize="10", arrowsize="0.8")
-    default_act = "rho" if "rho" in spec.functions else "identity"
-    depth = _depths(circ)
-    for name, pop in circ.populations.items():
-        g.node(name, label=_population_label(pop, default_act))
-    used: list[str] = []
+    g.attr("edge", fontname=FONT, fontsize="10", arrowsize="0.8", **_EDGE_DEFAULTS)
+    rank = ranks(circ)
+    plastic = plasticity(circ)
+    learning = spec.learning is not None
+
+    # every connection into a cell-type population gets its own port on its compartment
+    ports = {name: Ports(pop) for name, pop in circ.populations.items()}
+    heads: list[str] = []
     for e in circ.connections:
-        attrs = _edge_attrs(e)
-        # feedback: keep the layers bottom-up. Not for one-to-one edges: graphviz (2.43)
-        # cannot draw their parallel lines unconstrained ("Arrow type false unknown")
-        if depth[e.post] <= depth[e.pre] and e.pre != e.post and e.kind != "one_to_one":
-            attrs["constraint"] = "false"
-        head = e.post if e.kind == "undirected" else f"{e.post}:{e.compartment}"
-        tail = e.pre
-        g.edge(tail, head, label=" " + _edge_label(e) + " ", **attrs)
-        for k in _edge_kinds(e):
-            if k not in used:
-                used.append(k)
+        heads.append(ports[e.post].take(e.compartment, _side(rank, e.pre, e.post)))
+    nudges: dict[str, str] = {}
+    for cost in spec.costs:
+        pop = circ.populations[cost.population]
+        comp = P.NUDGE_COMPARTMENT if pop.cell_type and P.NUDGE_COMPARTMENT in pop.compartments else None
+        nudges[cost.population] = ports[cost.population].take(comp, "top") if comp else BODY
+
+    for name, pop in circ.populations.items():
+        g.node(name, label=population_label(circ, pop, ports[name], plastic.get(f"{name}.bias")))
+    for r in sorted(set(rank.values())):
+        with g.subgraph() as same:
+            same.attr(rank="same")
+            for name in circ.populations:
+                if rank[name] == r:
+                    same.node(name)
+
+    used: list[str] = []
+    for e, head in zip(circ.connections, heads):
+        kinds = _edge_kinds(e, plastic, learning)
+        used += [k for k in kinds if k not in used]
+        _connection(g, circ, e, head, rank[e.post] - rank[e.pre], _edge_attrs(kinds), _edge_label(e, plastic))
     for cost in spec.costs:
         nudge_attrs, _ = EDGE_STYLES["nudge"]
         target = f"target_{cost.population}"
         g.node(target, label=f'<<FONT POINT-SIZE="10" COLOR="{NUDGE_COLOR}">target<BR/>'
                              f'<I>{html.escape(cost.kind)}</I></FONT>>', shape="plaintext")
         # drawn from the output up to the target, arrow pointing back down
-        g.edge(cost.population, target, label=" −β∂C/∂s ", dir="back",
-               **{("arrowtail" if k == "arrowhead" else k): v for k, v in nudge_attrs.items()})
+        g.edge(_end(circ, cost.population, nudges[cost.population]), target, label=" −β∂C/∂s ", dir="back",
+               minlen="2", **{("arrowtail" if k == "arrowhead" else k): v for k, v in nudge_attrs.items()})
         if "nudge" not in used:
             used.append("nudge")
     if legend and used:
         inputs = [n for n, p in circ.populations.items() if p.role == "input"]
-        _legend(g, used, below=inputs or list(circ.populations)[:1])
+        _legend(g, circ, used, below=inputs or list(circ.populations)[:1])
     return g
 
 
-def _legend(g: graphviz.Digraph, kinds: list[str], below: list[str]) -> None:
+def _connection(g: graphviz.Digraph, circ: Circuit, e: ConnectionEdge, head: str, span: int,
+                attrs: dict[str, str], label: str) -> None:
+    """One connection, from the body of `e.pre` to its port `head`; `span`: ranks it climbs."""
+    # it leaves from the top of the body when it goes up, from its bottom when it goes down
+    tail = _end(circ, e.pre, BODY + (":n" if span > 0 else ":s" if span < 0 else ""))
+    head_end = _end(circ, e.post, head)
+    if span < 0 and e.kind != "one_to_one":
+        # feedback: declared upwards and drawn backwards, so dot ranks and routes it like the
+        # layers' own edges (it squeezes a non-constraining edge along the nodes' sides)
+        back = {("arrowtail" if k == "arrowhead" else k): v for k, v in attrs.items()}
+        if back.get("dir") != "none":
+            back["dir"] = "back"
+        if span < -1:
+            back["minlen"] = str(-span)
+        g.edge(head_end, tail, label=label, **back)
+        return
+    if span < 0:  # graphviz 2.43 draws no tail arrow on a doubled (one-to-one) line drawn backwards
+        attrs = {**attrs, "constraint": "false"}
+    elif span > 1:
+        attrs = {**attrs, "minlen": str(span)}
+    g.edge(tail, head_end, label=label, **attrs)
+
+
+def _end(circ: Circuit, pop: str, port: str) -> str:
+    """`pop:port`; a population without a cell type is one box, so its edges end on the node itself."""
+    return f"{pop}:{port}" if circ.populations[pop].cell_type else pop
+
+
+def _legend(g: graphviz.Digraph, circ: Circuit, kinds: list[str], below: list[str]) -> None:
     """One row of sample edges under the inputs, for the styles in use."""
     order = list(EDGE_STYLES)
     kinds = sorted(kinds, key=order.index)
@@ -218,14 +314,14 @@ def _legend(g: graphviz.Digraph, kinds: list[str], below: list[str]) -> None:
         with lg.subgraph() as row:
             row.attr(rank="same")
             for i, k in enumerate(kinds):
-                attrs, text = EDGE_STYLES[k]
+                text = _learned_text(circ) if k == "learned" else EDGE_STYLES[k][1]
+                if k == "static" and circ.spec.learning is None:
+                    text = "fixed"
                 a, b = f"legend_{i}_a", f"legend_{i}_b"
                 row.node(a, label="", shape="point", width="0.01", style="invis")
                 row.node(b, label=f'<<FONT POINT-SIZE="9">{html.escape(text)}</FONT>>', shape="plaintext")
-                extra = dict(attrs)
-                if k == "undirected":
-                    extra.pop("arrowhead", None)
-                row.edge(a, b, minlen="1", len="0.4", **extra)
+                sample = [k] if k in ("weight", "learned", "static", "nudge") else ["weight", k]
+                row.edge(a, b, minlen="1", len="0.4", **_edge_attrs(sample))
                 if i:
                     row.edge(f"legend_{i - 1}_b", a, style="invis", minlen="0")
     middle = f"legend_{(len(kinds) - 1) // 2}_b"

@@ -41,6 +41,7 @@ __all__ = [
     "ROLES",
     "RULE_NAMES",
     "DEFAULT_COMPARTMENT",
+    "NUDGE_COMPARTMENT",
 ]
 
 
@@ -396,3 +397,6 @@ CONNECTION_KINDS = _frozen({"--": "undirected", "->": "directed", "=>": "one_to_
 # names a rule or a neuron ODE may use without declaring them
 RULE_NAMES = ("pre", "post", "beta", "dt", "t")
 DEFAULT_COMPARTMENT = "soma"
+# where a cell-type output receives the nudge -beta dC/ds, when its cell has this compartment
+# (`lower/cells.py`; the diagram draws the nudge into it)
+NUDGE_COMPARTMENT = "apical"

@@ -33,12 +33,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ..primitives import NUDGE_COMPARTMENT
 from .vectorfield import VectorFieldFunctions
 
 __all__ = ["CellFunctions", "NUDGE_COMPARTMENT"]
 
 Array = Any
-NUDGE_COMPARTMENT = "apical"
 
 
 class CellFunctions(VectorFieldFunctions):
