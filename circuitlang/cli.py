@@ -393,6 +393,29 @@ def _samples(model, data, k: int):
     return jnp.asarray(data.x_test[:k]), jnp.asarray(data.targets(data.y_test[:k]).astype("float32"))
 
 
+def _needs_an_estimate(model, method: str, verb: str, also: str = "") -> None:
+    """`verify` and `compile --fn estimate` differentiate a cost with an estimator: a circuit
+    without a cost, or without the phases the estimator needs, is refused here (exit 1)."""
+    from .errors import Diagnostic
+
+    path = model.circuit.source.path
+    if not model.spec.costs:
+        raise CircuitError(Diagnostic(
+            f"{path}: {verb} needs a cost to estimate the gradient of, and this circuit has none", None,
+            "add one, e.g. `cost y squared` on the output population" + also), model.circuit.source)
+    try:
+        model.check_estimator(method)
+    except CircuitError as exc:
+        if model.learning is not None:
+            raise
+        raise CircuitError(Diagnostic(
+            f"{path}: {verb}: the estimator `{method}` needs the phases of a `learn` block, and this circuit "
+            "has none", None, "add e.g. `learn eqprop { phase free { steps 40 } phase nudge { steps 8; beta 0.5 } }`"
+            + (", or use `--estimator gradient` (the true gradient needs only the free phase)" if verb == "verify"
+               else "") + also),
+            model.circuit.source) from exc
+
+
 def _require(model, verb: str, batch: int, **kw) -> None:
     """The memory `verb` needs, against what the machine has, before any work."""
     from .resources import estimate, require_run
@@ -462,6 +485,7 @@ def _verify(args) -> int:
     import jax.numpy as jnp
 
     dtype = jnp.float32 if args.float32 else jnp.float64
+    _needs_an_estimate(model, args.estimator or model.method, "verify")
     data = _data(args.data)
     x, y = _samples(model, data, args.samples)
     _require(model, "verify", len(x), itemsize=4 if args.float32 else 8, method=args.estimator)
@@ -494,6 +518,8 @@ def _compile(args) -> int:
     import jax.numpy as jnp
 
     model = _model(args)
+    if args.fn == "estimate":
+        _needs_an_estimate(model, model.method, "compile --fn estimate", "; or compile the relaxation: --fn relax")
     batch = args.batch or (model.learning.batch if model.learning else 1)
     _require(model, "compile", batch)
     params = model.init(jax.random.key(0))
@@ -503,8 +529,6 @@ def _compile(args) -> int:
     if args.fn == "relax":
         fn, fargs = (lambda p, x: model._free(p, x).state), (params, x)
     else:
-        if y is None:
-            raise _Usage("circuitc: error: --fn estimate needs a cost; use --fn relax")
         from . import learning
 
         fn = lambda p, x, y, k: learning.estimate(model, p, x, y, model.method, None, k)  # noqa: E731

@@ -116,6 +116,8 @@ def ranks(circ: Circuit) -> dict[str, int]:
     inter = interneurons(circ)
     edges = [(e.pre, e.post) for e in circ.connections
              if e.plasticity != "tied" and e.pre not in inter and e.post not in inter]
+    if not pops:
+        return {}
     depth = {n: 0 for n, p in pops.items() if p.role == "input"} or {next(iter(pops)): 0}
     frontier = list(depth)
     while frontier:
@@ -209,7 +211,8 @@ def _title(circ: Circuit) -> str:
     head = html.escape(spec.name + (f" — {spec.doc}" if spec.doc else ""))
     sub = html.escape("  ·  ".join(parts))
     panel = learning_panel(circ)
-    rows = f'<TR><TD><B>{head}</B><BR/><FONT POINT-SIZE="10">{sub}</FONT></TD></TR>'
+    # graphviz refuses an empty <FONT> (a circuit with no populations, energy or cost)
+    rows = f'<TR><TD><B>{head}</B>' + (f'<BR/><FONT POINT-SIZE="10">{sub}</FONT>' if sub else '') + '</TD></TR>'
     if panel:
         rows += f'<TR><TD ALIGN="CENTER">{panel}</TD></TR>'
     return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="2">{rows}</TABLE>>'
@@ -351,15 +354,23 @@ def render(circ: Circuit, output: str | Path, legend: bool = True) -> int:
             file=sys.stderr,
         )
         return 2
+    from .errors import CircuitError
+    from .rundir import atomic_write
+
     dot = to_dot(circ, legend=legend)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise CircuitError(f"{out}: is a directory; name the file to draw into, e.g. {out / 'circuit.svg'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CircuitError(f"{out.parent}: cannot make the directory ({exc.strerror or exc})") from None
     if fmt == "dot":
-        out.write_text(dot.source, encoding="utf-8")
+        atomic_write(out, dot.source.encode("utf-8"))
         print(f"wrote {out}")
         return 0
     if shutil.which("dot") is None:
         fallback = out.with_suffix(".dot")
-        fallback.write_text(dot.source, encoding="utf-8")
+        atomic_write(fallback, dot.source.encode("utf-8"))
         print(
             f"circuitc: error: graphviz's `dot` program is not installed, so {out} cannot be drawn; "
             f"wrote {fallback} instead.\n  To draw it, {INSTALL_HINT}, then rerun, or run "
@@ -367,9 +378,6 @@ def render(circ: Circuit, output: str | Path, legend: bool = True) -> int:
             file=sys.stderr,
         )
         return 1
-    data = dot.pipe(format=fmt)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    atomic_write(out, dot.pipe(format=fmt))
     print(f"wrote {out}")
     return 0
