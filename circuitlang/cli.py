@@ -447,12 +447,18 @@ def _simulate(args) -> int:
     diverged = None
     for name, r in results.items():
         status = "converged" if r["converged"] else "NOT converged"
+        if r.get("stream"):
+            n = (len(next(iter(r["states"].values()))) - 1) // r["stream"]
+            status = f"streamed {n} samples, {r['stream']} steps each, never reset"
         if not r["finite"]:
             status = "DIVERGED (non-finite states in " + ", ".join(r["nonfinite"]) + ")"
             diverged = diverged or (name, r["nonfinite"][0])
         per = ", ".join(f"{n} {v:.2e}" for n, v in r["residuals"].items())
+        if r.get("stream") and r["finite"]:  # a stream never settles: its residual says nothing
+            print(f"phase {name}: {status}")
+            continue
         print(f"phase {name}: {status}: residual {r['residual']:.2e} (tolerance {r['tol']:g}; {per})")
-    if any(not r["converged"] for r in results.values()):
+    if any(not r["converged"] and not r.get("stream") for r in results.values()):
         print("(residual: max |s_T - s_(T-1)| / dt at the end of the phase; raise its `steps` or lower its "
               "`dt` to converge)")
     print(f"wrote {args.out}/traces.npz and traces.png")

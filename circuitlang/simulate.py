@@ -9,6 +9,12 @@ speed of the state at the end of the phase, which does not depend on dt)
 and whether the phase converged: every sample's residual below the phase's
 `tol`, or below `relax.DEFAULT_TOL` for a phase of fixed steps.
 
+A streaming phase (`present N` without `steps`: `learn rules` that learn all the
+time) is simulated as it trains: one stream, each sample shown for N steps from
+where the previous one left the state, never reset (``PHASE/POP``: (1 + samples
+× N) × 1 × neurons, sample k shown from step k·N to (k+1)·N; the weights stay as given: simulate does not learn). Phases after
+it start from rest.
+
 Besides populations, ``--record`` takes a cell's other state variables
 (``h.a``) and compartments (``s1.apical``: the summed drive into it at each
 step, the nudge included). By default every free population is recorded,
@@ -51,21 +57,40 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
     xs = model.as_inputs(x)
     free_end = None
     results: dict[str, Any] = {}
-    for phase in model.phases.values():
-        start = model.zeros(xs) if free_end is None else free_end
-        beta = phase.beta if phase.beta else None
-        if beta is not None and y is None:
-            raise CircuitError(f"phase `{phase.name}` nudges the output: give data with targets (--data)")
+    wanted = [n for n in record if n in comps]
+
+    def run(phase, xs, start, beta, y):
         fn = jax.jit(lambda p, x, s0, b, y, ph=phase: model.relaxer.trajectory(ph, p, x, s0, b, y))
         states, energy = fn(params, xs, start, beta, y)
-        wanted = [n for n in record if n in comps]
         if wanted:
             seen = jax.jit(lambda p, st, x, b, y: jax.vmap(
                 lambda one: model.fns.force(one, p, x, None, b, y, observe=True)[1])(st))(
                 params, {k: states[k] for k in model.state_keys}, xs, beta, y)
             states = {**states, **{n: seen[n.split(".")[0]][n.split(".", 1)[1]] for n in wanted}}
+        return states, energy
+
+    for phase in model.phases.values():
+        beta = phase.beta if phase.beta else None
+        if beta is not None and y is None:
+            raise CircuitError(f"phase `{phase.name}` nudges the output: give data with targets (--data)")
+        stream = model.streaming is not None and phase.name == model.streaming.name
+        if stream:  # one stream: each sample for `present` steps, from where the last one left the state
+            n = len(next(iter(xs.values())))
+            start = model.zeros({k: v[:1] for k, v in xs.items()})
+            parts = []
+            for k in range(n):
+                one = {key: v[k:k + 1] for key, v in xs.items()}
+                states, energy = run(phase, one, start, beta, None if y is None else y[k:k + 1])
+                start = {key: states[key][-1] for key in model.state_keys}
+                cut = 0 if k == 0 else 1  # a trajectory starts with its initial state: the last one's end
+                parts.append(({key: v[cut:] for key, v in states.items()}, energy[cut:]))
+            states = {key: jnp.concatenate([st[key] for st, _ in parts]) for key in parts[0][0]}
+            energy = jnp.concatenate([e for _, e in parts])
+        else:
+            start = model.zeros(xs) if free_end is None else free_end
+            states, energy = run(phase, xs, start, beta, y)
         last = {n: states[n][-1] for n in model.state_keys}
-        if free_end is None:
+        if free_end is None and not stream:
             free_end = last
         exact = phase.forward or model.relaxer.prospective or len(energy) < 2
         residuals = {  # the relaxation's own residual (`relax._speed`), per population
@@ -77,6 +102,9 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
         nonfinite = [n for n in model.free if not np.isfinite(np.asarray(states[n])).all()]
         written = model.to_written({n: states[n] for n in record if n in states}, lead=2)
         clamped = model.to_written({n: xs[n] for n in record if n not in states})
+        if stream:  # a clamped input changes with the sample: its trace, step by step
+            clamped = {n: np.concatenate([np.asarray(v)[:1], np.repeat(np.asarray(v), phase.steps, axis=0)])[:, None]
+                       for n, v in clamped.items()}
         results[phase.name] = {
             "states": {n: np.asarray(written[n]) if n in written else np.asarray(clamped[n]) for n in record},
             "energy": np.asarray(energy),
@@ -86,6 +114,7 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
             "converged": bool(residual < tol),
             "finite": not nonfinite,
             "nonfinite": nonfinite,
+            "stream": phase.steps if stream else None,  # steps per sample, for a streaming phase
         }
     if out is not None:
         out_pop = model.spec.costs[0].population if model.spec.costs else None
@@ -136,12 +165,26 @@ def _write(results, out: Path, energy: bool = True, target=None) -> None:
                 lines = ax.plot(flat[:, 0, :k], lw=1)
                 for u, line in enumerate(lines):
                     line.set_label(f"unit {u}")
+                per = r.get("stream")
                 if target is not None and n == target[0]:
                     for u, line in enumerate(lines):
-                        ax.axhline(float(target[1][0].reshape(-1)[u]), ls="--", lw=0.8, color=line.get_color(),
-                                   label="target" if u == 0 else None)
+                        if per:  # each sample's target over its own presentation
+                            for smp in range(flat.shape[0] // per):
+                                ax.hlines(float(target[1][smp].reshape(-1)[u]), smp * per, (smp + 1) * per - 1,
+                                          linestyles="--", lw=0.8, color=line.get_color(),
+                                          label="target" if u == 0 and smp == 0 else None)
+                        else:
+                            ax.axhline(float(target[1][0].reshape(-1)[u]), ls="--", lw=0.8, color=line.get_color(),
+                                       label="target" if u == 0 else None)
+                if per:
+                    for b in range(per, flat.shape[0], per):
+                        ax.axvline(b, color="0.6", lw=0.6, ls=":")
                 more = f", units 0-{k - 1} of {flat.shape[-1]}" if flat.shape[-1] > k else ""
-                ax.set_title(f"{phase}: {n} (sample 0{more})", fontsize=9)
+                if per:
+                    ax.set_title(f"{phase}: {n}{f' ({more[2:]})' if more else ''}\n"
+                                 f"{flat.shape[0] // per} samples in turn, {per} steps each, never reset", fontsize=9)
+                else:
+                    ax.set_title(f"{phase}: {n} (sample 0{more})", fontsize=9)
             else:
                 ax.set_title(f"{phase}: {n}", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
@@ -153,7 +196,7 @@ def _write(results, out: Path, energy: bool = True, target=None) -> None:
         ax = axes[-1][j]
         e = np.asarray(r["energy"])
         for smp in range(e.shape[1] if e.ndim == 2 else 1):
-            ax.plot(e[:, smp] if e.ndim == 2 else e, lw=1, label=f"sample {smp}")
+            ax.plot(e[:, smp] if e.ndim == 2 else e, lw=1, label="the stream" if r.get("stream") else f"sample {smp}")
         ax.set_title(f"{phase}: energy", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("E", fontsize=8)

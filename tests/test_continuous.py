@@ -217,3 +217,34 @@ def test_prospective_needs_a_predictive_circuit():
     with pytest.raises(CircuitError) as err:
         cl.compile(cl.loads(src, "p.circ"))
     assert "prospective" in str(err.value) and "p.circ:" in str(err.value)
+
+
+def test_simulate_runs_a_streaming_phase_as_one_stream(tmp_path):
+    """simulate used to relax every sample from rest, hiding what a stream does: now the
+    samples follow one another, each from where the last left the state (issue #12)."""
+    from circuitlang.data import load
+    from circuitlang.simulate import simulate
+
+    model = cl.compile(cl.load(ROOT / "examples/continuous_learning.circ"))
+    data = load("synthetic:n=64,test=16")
+    # float32 throughout (this module's other tests run under x64)
+    x, y = jnp.asarray(data.x_test[:3], jnp.float32), jnp.asarray(data.y_test[:3], jnp.float32)
+    params = model.init(jax.random.key(0), jnp.float32)
+    r = simulate(model, params, x, y, ["h1", "x"], out=tmp_path)["stream"]
+    n = model.streaming.steps
+    h = r["states"]["h1"]
+    assert r["stream"] == n and h.shape == (1 + 3 * n, 1, 512)
+    # the first sample from rest, as a lone relaxation would run it
+    xs = model.as_inputs(x[:1])
+    alone, _ = model.relaxer.trajectory(model.streaming, params, xs, model.zeros(xs), model.streaming.beta, y[:1])
+    np.testing.assert_allclose(h[: n + 1, 0], np.asarray(alone["h1"][:, 0]), rtol=1e-5, atol=1e-6)
+    # the second sample starts from the first one's end, not from rest
+    xs2 = model.as_inputs(x[1:2])
+    again, _ = model.relaxer.trajectory(model.streaming, params, xs2, {k: alone[k][-1] for k in model.state_keys},
+                                        model.streaming.beta, y[1:2])
+    np.testing.assert_allclose(h[n:2 * n + 1, 0], np.asarray(again["h1"][:, 0]), rtol=1e-5, atol=1e-6)
+    rest, _ = model.relaxer.trajectory(model.streaming, params, xs2, model.zeros(xs2), model.streaming.beta, y[1:2])
+    assert np.abs(h[2 * n, 0] - np.asarray(rest["h1"][-1, 0])).max() > 1e-3  # reset would have ended here
+    traces = np.load(tmp_path / "traces.npz")
+    assert traces["stream/x"].shape[0] == 1 + 3 * n  # the input, as the stream saw it
+    np.testing.assert_array_equal(traces["stream/x"][n + 1, 0], np.asarray(x[1]))
