@@ -2,6 +2,11 @@
 
     python benchmarks/deep_fashion.py --epochs 1 --train-size 2000   # a measured slice (one core)
     python benchmarks/deep_fashion.py --epochs 60                      # the full run (an accelerator)
+    python benchmarks/deep_fashion.py --from-run DIR                   # the epochs a CLI run has finished
+
+`--from-run` reads a run made with `circuitc train benchmarks/circuits/fashion_sb17_deep.circ
+--data fashion-mnist --out DIR` (which checkpoints every epoch and continues with `--resume`,
+so a run of many hours can be done in pieces) and also draws docs/deep_fashion.png.
 
 Trains `benchmarks/circuits/fashion_sb17_deep.circ` through `circuitlang.train` (the
 same code as `circuitc train`) and writes benchmarks/results/deep_fashion.json: the
@@ -33,7 +38,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as `circuitc train --set`")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "deep_fashion.json")
+    ap.add_argument("--from-run", type=Path, metavar="DIR", help="read a `circuitc train` run's metrics instead")
     args = ap.parse_args(argv)
+    if args.from_run:
+        return _from_run(args)
 
     import jax
     import circuitlang as cl
@@ -73,6 +81,52 @@ def main(argv=None) -> int:
     last = curve[-1]
     print(f"{len(curve)} epoch(s) on {len(data.y_train)} images: test accuracy {last['test_accuracy']:.4f}, "
           f"{secs:.1f} s/epoch (~{out['s_per_full_epoch_estimate']:.0f} s per 60k epoch); wrote {args.out}")
+    return 0
+
+
+def _from_run(args) -> int:
+    history = json.loads((args.from_run / "metrics.json").read_text())
+    manifest = json.loads((args.from_run / "run.json").read_text())
+    if Path(manifest.get("file", "")).name != CIRCUIT.name:
+        sys.exit(f"{args.from_run} is a run of {manifest.get('file')}, not of {CIRCUIT.name}")
+    curve = [{k: v for k, v in row.items() if not k.startswith(("saturated.", "update_ratio."))} for row in history]
+    timed = curve[1:] or curve
+    secs = statistics.median(r["seconds"] for r in timed)
+    out = {
+        "circuit": str(CIRCUIT.relative_to(HERE.parent)),
+        "command": f"circuitc train {CIRCUIT.relative_to(HERE.parent)} --data fashion-mnist --out DIR",
+        "data": manifest.get("data", "fashion-mnist"),
+        "epochs": len(curve),
+        "epochs_planned": manifest.get("epochs"),
+        "seed": manifest.get("seed"),
+        "s_per_epoch": secs,
+        "best_test_accuracy": max(r["test_accuracy"] for r in curve),
+        "curve": curve,
+        "versions": manifest.get("versions"),
+        "note": "the epochs the run had finished when this was written; s_per_epoch: median over the "
+                "epochs after the first, on the machine and cores the run used",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=float))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), constrained_layout=True)
+    epochs = [r["epoch"] for r in curve]
+    ax.plot(epochs, [100 * r["test_accuracy"] for r in curve], "o-", label="test")
+    if all("train_accuracy" in r for r in curve):
+        ax.plot(epochs, [100 * r["train_accuracy"] for r in curve], "s--", label="train (during the epoch)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Scellier & Bengio 2017, 784-500-500-500-10, Fashion-MNIST", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    png = HERE.parent / "docs" / "deep_fashion.png"
+    fig.savefig(png, dpi=110)
+    print(f"{len(curve)} epoch(s): best test accuracy {out['best_test_accuracy']:.4f}, {secs:.0f} s/epoch; "
+          f"wrote {args.out} and {png}")
     return 0
 
 
