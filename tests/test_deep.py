@@ -64,8 +64,8 @@ def test_deep_example_trains_without_health_warnings(digits):
         warnings.simplefilter("always")
         result = train(model, digits, progress=False)  # the file's own 30 epochs: ~12 s
     acc = [row["test_accuracy"] for row in result.history]
-    assert acc[9] >= 0.85, acc  # measured (seed 0): 0.46 after 1 epoch, 0.93 after 10; chance is 0.10
-    assert max(acc) >= 0.95 and acc[-1] >= 0.94, acc  # measured: best 0.9722, final 0.9667
+    assert acc[9] >= 0.85, acc  # measured (seed 0): 0.60 after 1 epoch, 0.94 after 10; chance is 0.10
+    assert max(acc) >= 0.96 and acc[-1] >= 0.955, acc  # measured: best 0.9722 (epoch 21), final 0.9722
     unhealthy = [w for w in caught if issubclass(w.category, health.HealthWarning)]
     assert not unhealthy, [str(w.message) for w in unhealthy]
     for row in result.history:  # every hidden layer keeps units off its bounds
