@@ -72,6 +72,10 @@ def _betas(text: str) -> list[float]:
     return betas
 
 
+_DATA_HELP = ("digits (default), fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, "
+              "synthetic[:k=v,...], npz:PATH")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="circuitc",
@@ -82,11 +86,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     c = sub.add_parser("check", help="check .circ files and summarize them")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("files", nargs="+", metavar="FILE", help=".circ files")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     r = sub.add_parser("render", help="draw a circuit (svg, png, pdf or dot)")
-    r.add_argument("file", metavar="FILE")
+    r.add_argument("file", metavar="FILE", help="the .circ file")
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file; its extension picks the format (.svg .png .pdf .dot)")
     r.add_argument("--no-legend", action="store_true", help="leave out the legend")
@@ -101,12 +105,11 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="change a param or setting: tau=2, phase.free.steps=500, learn.batch=64, optimizer.lr=0.1")
 
     t = sub.add_parser("train", help="train a circuit on data")
-    t.add_argument("file", metavar="FILE")
-    t.add_argument("--data", default="digits", metavar="SPEC",
-                   help="digits (default), fashion-mnist[:DIR], mnist:DIR, synthetic[:k=v,...], npz:PATH")
+    t.add_argument("file", metavar="FILE", help="the .circ file")
+    t.add_argument("--data", default="digits", metavar="SPEC", help=_DATA_HELP)
     t.add_argument("--epochs", type=_POSITIVE, metavar="N", help="default: the file's `epochs`, else 10")
     t.add_argument("--out", metavar="DIR", help="where params, metrics and plots go (default runs/NAME)")
-    t.add_argument("--seed", type=_SEED, default=0)
+    t.add_argument("--seed", type=_SEED, default=0, help="seeds the initialisation and the batches' order (default 0)")
     again = t.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     again.add_argument("--force", action="store_true",
@@ -122,43 +125,46 @@ def _build_parser() -> argparse.ArgumentParser:
     with_settings(t)
 
     ev = sub.add_parser("evaluate", help="evaluate trained parameters")
-    ev.add_argument("file", metavar="FILE")
+    ev.add_argument("file", metavar="FILE", help="the .circ file")
     with_params(ev, required=True)
-    ev.add_argument("--data", default="digits", metavar="SPEC")
-    ev.add_argument("--split", choices=("test", "train"), default="test")
+    ev.add_argument("--data", default="digits", metavar="SPEC", help=_DATA_HELP)
+    ev.add_argument("--split", choices=("test", "train"), default="test", help="which split to score (default test)")
     with_settings(ev)
 
     sm = sub.add_parser("simulate", help="run the phases on a few samples and record the states")
-    sm.add_argument("file", metavar="FILE")
-    sm.add_argument("--data", default="digits", metavar="SPEC")
-    sm.add_argument("--samples", type=_POSITIVE, default=4, metavar="K")
+    sm.add_argument("file", metavar="FILE", help="the .circ file")
+    sm.add_argument("--data", default="digits", metavar="SPEC", help=_DATA_HELP + "; its first test samples are run")
+    sm.add_argument("--samples", type=_POSITIVE, default=4, metavar="K", help="how many test samples (default 4)")
     sm.add_argument("--record", metavar="POPS", help="comma-separated populations (default: the free ones)")
     with_params(sm, help="trained parameters (default: a fresh initialisation)")
-    sm.add_argument("--seed", type=_SEED, default=0)
-    sm.add_argument("--out", required=True, metavar="DIR")
+    sm.add_argument("--seed", type=_SEED, default=0, help="seeds the initialisation when --params is not given")
+    sm.add_argument("--out", required=True, metavar="DIR", help="where traces.npz and traces.png go")
     with_settings(sm)
 
     vf = sub.add_parser("verify", help="compare the learning rule with the true gradient over a sweep of beta")
-    vf.add_argument("file", metavar="FILE")
-    vf.add_argument("--data", default="digits", metavar="SPEC")
-    vf.add_argument("--samples", type=_POSITIVE, default=16, metavar="K")
+    vf.add_argument("file", metavar="FILE", help="the .circ file")
+    vf.add_argument("--data", default="digits", metavar="SPEC", help=_DATA_HELP + "; its first test samples are used")
+    vf.add_argument("--samples", type=_POSITIVE, default=16, metavar="K",
+                    help="how many test samples the gradients are averaged over (default 16)")
     vf.add_argument("--betas", type=_betas, default=[1.0, 0.5, 0.1, 0.05, 0.01, 0.001], metavar="B,B,...",
                     help="nudging strengths to sweep: finite, non-zero (default 1,0.5,0.1,0.05,0.01,0.001)")
-    vf.add_argument("--estimator", metavar="METHOD")
+    vf.add_argument("--estimator", metavar="METHOD", help="the estimator to compare (default: the file's)")
     with_params(vf, help="trained parameters (default: a fresh initialisation)")
-    vf.add_argument("--seed", type=_SEED, default=0)
+    vf.add_argument("--seed", type=_SEED, default=0, help="seeds the initialisation when --params is not given")
     vf.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     vf.add_argument("--out", metavar="DIR", help="also write verify.csv and verify.png here")
     with_settings(vf)
 
     cp = sub.add_parser("compile", help="show the program that runs (jaxpr or XLA HLO)")
-    cp.add_argument("file", metavar="FILE")
-    cp.add_argument("--emit", choices=("jaxpr", "hlo"), default="jaxpr")
+    cp.add_argument("file", metavar="FILE", help="the .circ file")
+    cp.add_argument("--emit", choices=("jaxpr", "hlo"), default="jaxpr", help="JAX's jaxpr (default) or XLA's HLO")
     cp.add_argument("--fn", choices=("estimate", "relax"), default="estimate",
                     help="the training step's estimate (default) or the free relaxation")
     cp.add_argument("--batch", type=_POSITIVE, metavar="B", help="default: the file's batch")
-    cp.add_argument("-o", "--output", metavar="OUT")
+    cp.add_argument("-o", "--output", metavar="OUT", help="write it to this file (default: print it)")
     with_settings(cp)
+    for action in sub.choices.values():  # `circuitc verify FILE --debug` as well as `circuitc --debug verify`
+        action.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show Python tracebacks")
     return p
 
 

@@ -103,3 +103,27 @@ def test_console_script_installed():
         pytest.skip("the `circuitc` script is not on PATH (package not installed with pip)")
     r = subprocess.run([exe, "check", "-q", "examples/eqprop_hopfield.circ"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == ""
+
+
+def test_every_option_says_what_it_does():
+    """`--samples`, `--betas`, `--seed`, `--params` had no help text (issue #12)."""
+    import argparse
+
+    from circuitlang.cli import _build_parser
+
+    parser = _build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{verb} {'/'.join(a.option_strings) or a.dest}" for verb, p in sub.choices.items()
+               for a in p._actions if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not missing, missing
+
+
+def test_debug_goes_before_or_after_the_verb(tmp_path):
+    bad = tmp_path / "bad.circ"
+    bad.write_text("population x [4] input\n")
+    for args in (["--debug", "verify", str(bad)], ["verify", str(bad), "--debug"]):
+        r = subprocess.run([sys.executable, "-m", "circuitlang", *args], capture_output=True, text=True)
+        assert r.returncode != 2, r.stderr  # not "unrecognized arguments"
+        assert "Traceback" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "circuitlang", "verify", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
