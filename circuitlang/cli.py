@@ -163,8 +163,12 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--batch", type=_POSITIVE, metavar="B", help="default: the file's batch")
     cp.add_argument("-o", "--output", metavar="OUT", help="write it to this file (default: print it)")
     with_settings(cp)
-    for action in sub.choices.values():  # `circuitc verify FILE --debug` as well as `circuitc --debug verify`
+    for verb, action in sub.choices.items():  # `circuitc verify FILE --debug` as well as `circuitc --debug verify`
         action.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show Python tracebacks")
+        if verb in ("train", "evaluate", "simulate", "verify"):
+            action.add_argument("--no-compile-cache", action="store_true",
+                                help="compile afresh, without JAX's persistent compilation cache "
+                                     "(default: <cache>/jax, ~/.cache/circuitlang/jax or $CIRCUITLANG_CACHE/jax)")
     return p
 
 
@@ -178,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             _build_parser().print_help()
             return 2
+        _compilation_cache(args)
         return _COMMANDS[args.command](args)
     except _Usage as exc:
         print(exc, file=sys.stderr)
@@ -203,6 +208,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"circuitc: internal error: {type(exc).__name__}: {exc}\n"
               "(this is a bug in circuitlang; rerun with --debug for the traceback)", file=sys.stderr)
         return 3
+
+
+def _compilation_cache(args) -> None:
+    """JAX's persistent compilation cache, in `<cache>/jax` (`cachedir`), for the verbs that
+    compile: running a file again skips XLA's compilation (`--no-compile-cache`, or
+    `CIRCUITLANG_CACHE=off`, turns it off). JAX keys each program by its HLO, the compile
+    options, the backend and JAX's version, so a changed file or setting compiles afresh."""
+    if args.command not in ("train", "evaluate", "simulate", "verify") or args.no_compile_cache:
+        return
+    from .cachedir import cache_dir
+
+    where = cache_dir("jax")
+    if where is None:
+        return
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable home only costs compilation time
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(where))
+    # the default keeps only programs that took 1 s to compile; a small circuit's epoch takes
+    # 0.3-1 s, which is most of a short run's wall time
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def _show_warnings() -> None:

@@ -103,20 +103,17 @@ def _grammar_text() -> str:
 
 
 def _parser_cache() -> Path | None:
-    """Where the built LALR tables are kept between runs (`$CIRCUITLANG_CACHE`, else the user's
-    cache directory; `CIRCUITLANG_CACHE=off` turns it off). Building them costs 0.3 s, longer
-    than the rest of `circuitc check`; reading them back costs 20 ms."""
+    """Where the built LALR tables are kept between runs (`cachedir`). Building them costs
+    0.3 s, longer than the rest of `circuitc check`; reading them back costs 20 ms."""
     import hashlib
-    import os
 
-    where = os.environ.get("CIRCUITLANG_CACHE")
-    if where == "off":
+    from .cachedir import cache_dir
+
+    where = cache_dir()
+    if where is None:
         return None
-    if not where:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        where = os.path.join(base, "circuitlang")
     key = hashlib.sha256(f"{lark.__version__}\0{_grammar_text()}".encode()).hexdigest()[:16]
-    return Path(where) / f"parser-{key}.json"
+    return where / f"parser-{key}.json"
 
 
 def _int_keys(pairs: list[tuple[str, object]]) -> dict:

@@ -304,3 +304,27 @@ def test_bad_input_as_a_process(jobs, name):
     assert r.returncode == code, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
     assert message in r.stderr
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
+def test_the_compilation_cache_is_used_and_changes_nothing(tmp_path):
+    """Issue #10 item 5: a second run of the same file loads XLA's compiled programs from
+    `<cache>/jax` instead of compiling them, and trains to bit-identical parameters;
+    --no-compile-cache stores nothing."""
+    import numpy as np
+
+    def run(out, *extra, cache="cache"):
+        env = {**os.environ, "CIRCUITLANG_CACHE": str(tmp_path / cache)}
+        r = subprocess.run([sys.executable, "-m", "circuitlang", "train", "tests/circuits/tiny_hopfield.circ",
+                            "--epochs", "1", "--out", str(tmp_path / out), "--no-progress", *extra],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return dict(np.load(tmp_path / out / "params.npz"))
+
+    first = run("a")
+    stored = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
+    assert any(n.startswith("jit_epoch") for n in stored), stored
+    second = run("b")
+    assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == stored  # hits, nothing new
+    assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+    run("c", "--no-compile-cache", cache="other")
+    assert not (tmp_path / "other" / "jax").exists()
