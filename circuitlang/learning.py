@@ -224,7 +224,7 @@ def bptt(model, params, x, y, beta, key, s0):
         phase = dataclasses.replace(phase, tol=None)
 
     def loss(p):
-        res = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0)
+        res = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0, boxed=False)
         st = res.state
         return model.fns.cost({n: st[n] for n in model.free}, y), (st, _report(res))
 

@@ -291,10 +291,12 @@ ESTIMATORS = _kinds(
 # custom terms or cell types, couplings between two colour classes of free populations;
 # a nudged output with a `closed_form` cost and rho = identity on its bounds). provides:
 # `trajectory` (Euler steps local rules integrate along), `states_are_rates` (the
-# free states are rates: estimators then differentiate E without its 1/2|s|^2)
+# free states are rates: estimators then differentiate E without its 1/2|s|^2), `boxed_rates`
+# (every step projects the states into their bounds, and the step takes `boxed`: populations
+# whose rates it may read as their states, `Relaxer._boxed`)
 INTEGRATORS = _kinds(
     Kind("euler", "s <- s - dt (dE/ds + beta dC/ds), or s <- s + dt ds/dt", "Scellier & Bengio 2017",
-         impl="circuitlang.lower.relax:euler_step", provides=("trajectory",)),
+         impl="circuitlang.lower.relax:euler_step", provides=("trajectory", "boxed_rates")),
     Kind("prototypical", "s <- (1 - dt) s + dt rho(-dPhi/dr), states read as rates",
          "Ernoult et al. 2019; Laborieux et al. 2021", needs=("energy", "rate_form"),
          impl="circuitlang.lower.relax:prototypical_step", provides=("states_are_rates",)),

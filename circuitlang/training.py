@@ -131,6 +131,24 @@ def load_params(path: str | Path, model: Model | None = None, dtype: Any = None,
 
 
 # ------------------------------------------------------------------- compute --
+def compiler_options() -> dict[str, Any]:
+    """XLA options for the programs `train` compiles (its epochs and its evaluation), on CPU:
+
+    * ``xla_cpu_copy_insertion_use_region_analysis``: without it XLA copies a loop's
+      state in and out of every iteration of a relaxation (two copies of each
+      population's state per step, about a tenth of the prototypical form's epoch).
+      It changes no number (tests train bit for bit the same with and without it);
+    * ``xla_cpu_prefer_vector_width=512``: element-wise fusions (ρ, the integrator's
+      update) use the whole width of AVX-512 registers where the CPU has them (LLVM
+      uses the widest it has). Vectorised sums then add in another order, so the last
+      bits of a run can differ from a run without it (as from another XLA version).
+
+    Empty on other backends."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {"xla_cpu_copy_insertion_use_region_analysis": True, "xla_cpu_prefer_vector_width": 512}
+
+
 def _targets(data, y):
     return data.targets(y).astype(np.float32)
 
@@ -180,7 +198,7 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
         fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
+    return jax.jit(epoch, donate_argnums=(0, 1, 6), compiler_options=compiler_options()), nb
 
 
 def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, shard: Callable):
@@ -213,7 +231,7 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
         fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 6)), nb
+    return jax.jit(epoch, donate_argnums=(0, 1, 6), compiler_options=compiler_options()), nb
 
 
 def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int = 0):
@@ -254,7 +272,7 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int 
         fit = {k: (v if k == "classes" else v / (n * model.size_of(k.split(".", 1)[1]))) for k, v in fit.items()}
         return loss / n, correct / n, newP, fit
 
-    return jax.jit(evaluate)
+    return jax.jit(evaluate, compiler_options=compiler_options())
 
 
 def _score(out, y, labels, classify: bool):

@@ -35,7 +35,7 @@ from .. import primitives as P
 from ..graph import CircuitSpec, ConnectionEdge, PopulationNode
 from ..layout import internal
 from ..ops.base import chain_apply
-from .exprs import Evaluator
+from .exprs import WHOLE_LINE, Evaluator, identity_interval
 from .wiring import Wiring, weights_of
 
 __all__ = ["EnergyFunctions", "weights_of"]
@@ -63,6 +63,8 @@ class EnergyFunctions:
         self.biased = tuple(n for n, p in pops.items() if p.bias)
         self.costs = spec.costs
         self.shapes = {n: internal(p.shape) for n, p in pops.items()}
+        # free populations whose rates are their states while within their bounds
+        self.boxed = frozenset(n for n in self.free if _rates_are_states_in_bounds(pops[n], spec))
 
     # -------------------------------------------------------------- pieces --
     def project(self, s: State) -> dict[str, Array]:
@@ -78,11 +80,12 @@ class EnergyFunctions:
     def bounded(self) -> bool:
         return any(p.lo is not None or p.hi is not None for p in self.pops.values())
 
-    def rates(self, s: State, rates_are_states: bool = False, free=()) -> dict[str, Array]:
-        """ρ(s) per population; in the prototypical form free states are rates."""
+    def rates(self, s: State, rates_are_states: bool = False, free=(), boxed=()) -> dict[str, Array]:
+        """ρ(s) per population; in the prototypical form free states are rates, and so are
+        the states of the `boxed` populations (see `boxed`: only for states within bounds)."""
         if rates_are_states:
             return {n: (v if n in free else self.act[n](v)) for n, v in s.items()}
-        return {n: self.act[n](v) for n, v in s.items()}
+        return {n: (_state_as_rate(v) if n in boxed else self.act[n](v)) for n, v in s.items()}
 
     def _hoisted(self, e: ConnectionEdge, clamped) -> bool:
         """Whether a hopfield coupling's term is folded into the clamped drives: its drive
@@ -102,10 +105,12 @@ class EnergyFunctions:
     # -------------------------------------------------------------- energy --
     def energy(self, s: State, params: Mapping[str, Array], x: State,
                drives: Mapping[str, Array] | None = None, *,
-               leak: bool = True, rates_are_states: bool = False) -> Array:
-        """E summed over the batch. `s` holds the free populations, `x` the clamped."""
+               leak: bool = True, rates_are_states: bool = False, boxed=()) -> Array:
+        """E summed over the batch. `s` holds the free populations, `x` the clamped. The
+        caller promises that the states of the `boxed` populations lie within their bounds:
+        their rates are then the states themselves (`EnergyFunctions.boxed`)."""
         full = {**x, **s}
-        r = self.rates(full, rates_are_states, free=s)
+        r = self.rates(full, rates_are_states, free=s, boxed=boxed)
         E = 0.0
         for name, impl in self.preset_impls.items():
             E = E + impl.energy(self, s, full, r, x, params, drives and drives[name], leak)
@@ -152,6 +157,32 @@ class EnergyFunctions:
     def readout(self, s: State) -> Array:
         """The first cost's output state (the prediction)."""
         return s[self.costs[0].population]
+
+
+@jax.custom_jvp
+def _state_as_rate(v):
+    """The identity, with a derivative that is an operation of its own (× 1): the cotangents
+    of the rate are summed before they join the state's, as they are through ρ, so the
+    energy's gradient adds its terms in the same order, bit for bit, whether or not ρ is
+    skipped (XLA then drops the × 1)."""
+    return v
+
+
+_state_as_rate.defjvp(lambda primals, tangents: (primals[0], tangents[0] * 1.0))
+
+
+def _rates_are_states_in_bounds(pop: PopulationNode, spec: CircuitSpec) -> bool:
+    """Whether ρ of the population is exactly the identity (value and derivative) on the
+    interval its bounds keep its states in, while not the identity everywhere: within
+    bounds its rates are its states, and the relaxation skips ρ (a pass over the
+    population per step; for the hard sigmoid of Scellier & Bengio 2017 with `min=0
+    max=1`, also ρ' = 1, which the step no longer computes)."""
+    interval = identity_interval(pop.activation, spec.functions, spec.params)
+    if interval is None or interval == WHOLE_LINE:
+        return False
+    lo = -float("inf") if pop.lo is None else pop.lo
+    hi = float("inf") if pop.hi is None else pop.hi
+    return interval[0] <= lo and hi <= interval[1]
 
 
 class Hopfield:

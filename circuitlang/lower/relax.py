@@ -112,8 +112,14 @@ class Relaxer:
 
     # ------------------------------------------------------------------ run --
     def run(self, phase: PhaseSpec, params, x: Mapping[str, Array], s0: Mapping[str, Array],
-            beta: Array | float | None = None, y: Any = None) -> Relaxation:
-        """Relax the free populations `s0` with the clamped `x`; `beta=None`: no nudge."""
+            beta: Array | float | None = None, y: Any = None, *, boxed: bool = True) -> Relaxation:
+        """Relax the free populations `s0` with the clamped `x`; `beta=None`: no nudge.
+
+        `boxed=False` applies ρ at every step even where the states are their rates
+        (`_boxed`): the same states, bit for bit, but differentiated through the steps
+        (`bptt`) the plain step's second derivative of a clipped ρ at a bound is ½ (the
+        min/max inside clip's derivative rule), the shortcut's 1, and `bptt` keeps its
+        numbers."""
         fns = self.fns
         if phase.forward:
             s = self.forward(params, x, s0)
@@ -124,10 +130,16 @@ class Relaxer:
         if not s0:  # nothing is free (CHL's clamped phase of a circuit with only an output)
             return self._finish({}, x, jnp.asarray(0), jnp.asarray(OK))
         drives = fns.drives(params, x)
-        step = self._step(phase, params, x, drives, beta, y)
+        step = first = self._step(phase, params, x, drives, beta, y)
+        boxed = self._boxed(phase, s0) if boxed else frozenset()
+        if boxed:  # after the first step every state is projected into its bounds
+            step = self._step(phase, params, x, drives, beta, y, boxed)
         if phase.tol is None:  # fixed steps; the residual is read off the last one
-            s = lax.fori_loop(0, phase.steps - 1, step, dict(s0))
-            new = step(phase.steps - 1, s)
+            s, start = dict(s0), 0
+            if boxed and phase.steps > 1:
+                s, start = first(0, s), 1
+            s = lax.fori_loop(start, phase.steps - 1, step, s)
+            new = (step if start or not boxed else first)(phase.steps - 1, s)
             residual = _speed(new, s, phase.dt)  # judged by whoever reads it (`Relaxation.converged`)
             return self._finish(new, x, jnp.asarray(phase.steps), jnp.asarray(OK), residual)
         tol = phase.tol
@@ -143,6 +155,9 @@ class Relaxer:
 
         batch = next(iter(s0.values())).shape[0]
         start = (jnp.asarray(0), dict(s0), jnp.full((batch,), jnp.inf, jnp.real(next(iter(s0.values()))).dtype))
+        if boxed:  # the first step, from states that may lie outside their bounds
+            s1 = first(0, dict(s0))
+            start = (jnp.asarray(1), s1, _speed(s1, s0, phase.dt).astype(start[2].dtype))
         i, s, residual = lax.while_loop(cond, body, start)
         return self._finish(s, x, i, _judge(residual, tol), residual)
 
@@ -194,9 +209,22 @@ class Relaxer:
             residual = jnp.zeros(batch, jnp.real(first).dtype if first is not None else jnp.zeros(()).dtype)
         return Relaxation({**x, **s}, steps, code, residual)
 
-    def _step(self, phase: PhaseSpec, params, x, drives, beta, y):
-        """One step `(i, s) -> s'` of `phase`'s integrator (`primitives.INTEGRATORS`)."""
-        return P.INTEGRATORS[phase.integrator].load()(self.fns, phase, params, x, drives, beta, y)
+    def _step(self, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozenset()):
+        """One step `(i, s) -> s'` of `phase`'s integrator (`primitives.INTEGRATORS`); `boxed`:
+        populations whose states the step may read as their rates (see `_boxed`)."""
+        impl = P.INTEGRATORS[phase.integrator].load()
+        if boxed:
+            return impl(self.fns, phase, params, x, drives, beta, y, boxed=boxed)
+        return impl(self.fns, phase, params, x, drives, beta, y)
+
+    def _boxed(self, phase: PhaseSpec, s0) -> frozenset:
+        """The free populations of `s0` whose ρ is the identity within their bounds
+        (`EnergyFunctions.boxed`), where `phase`'s integrator projects every step's states
+        into the bounds (`provides: boxed_rates`): from the second step on their states are
+        their rates, bit for bit, and the step skips ρ and ρ' for them."""
+        if "boxed_rates" not in P.INTEGRATORS[phase.integrator].provides or getattr(self.fns, "vector_field", False):
+            return frozenset()
+        return frozenset(n for n in getattr(self.fns, "boxed", ()) if n in s0)
 
     def prospective_state(self, params, x, s_like, beta=None, y=None, with_forward: bool = False):
         """The prospective state ŭ = s + τ ds/dt of latent equilibrium (Haider et al. 2021).
@@ -297,9 +325,12 @@ def _judge(residual, tol) -> Array:
 
 
 # ------------------------------------------------------------------ integrators --
-def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
+def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozenset()):
     """`INTEGRATORS["euler"]`: s ← P(s − dt (∂E/∂s + β ∂C/∂s)) on an energy, or
-    s ← P(s + dt ds/dt) on a vector field (P: the projection onto the state bounds)."""
+    s ← P(s + dt ds/dt) on a vector field (P: the projection onto the state bounds).
+    `boxed` (energy only): populations whose states lie within their bounds, where ρ is the
+    identity, so that their rates are their states (complex states are never projected:
+    there ρ is applied)."""
     dt = phase.dt
     if getattr(fns, "vector_field", False):
         timed = hasattr(fns, "compartments")  # cell ODEs may read `t`, the time in the phase
@@ -311,13 +342,13 @@ def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
 
         return lambda i, s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), force(s, i).values())})
 
-    def total(s):
-        E = fns.energy(s, params, x, drives)
+    def total(s, boxed):
+        E = fns.energy(s, params, x, drives, boxed=boxed)
         return E + beta * fns.cost(s, y) if beta is not None else E
 
     def step(i, s):
         holo = any(jnp.iscomplexobj(v) for v in s.values())
-        g = jax.grad(total, holomorphic=holo)(s)
+        g = jax.grad(lambda s: total(s, () if holo else boxed), holomorphic=holo)(s)
         return fns.project({n: s[n] - dt * g[n] for n in s})
 
     return step
