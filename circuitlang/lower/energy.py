@@ -36,6 +36,7 @@ from ..graph import CircuitSpec, ConnectionEdge, PopulationNode
 from ..layout import internal
 from ..ops.base import chain_apply
 from .exprs import Evaluator
+from .perturb import Perturber
 from .wiring import Wiring, weights_of
 
 __all__ = ["EnergyFunctions", "weights_of"]
@@ -63,6 +64,8 @@ class EnergyFunctions:
         self.biased = tuple(n for n, p in pops.items() if p.bias)
         self.costs = spec.costs
         self.shapes = {n: internal(p.shape) for n, p in pops.items()}
+        # the enabled `perturb` statements (`check` allows them on vector fields and cells only)
+        self.perturb = Perturber(spec.perturbations, self.pops, self.act)
 
     # -------------------------------------------------------------- pieces --
     def project(self, s: State) -> dict[str, Array]:
