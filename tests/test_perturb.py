@@ -171,6 +171,7 @@ perturb p : y add 1 during nudge
     assert err.value.span.line == 7
 
 
+@pytest.mark.slow
 def test_experiment_cli_pairs_control_and_perturbed(tmp_path, capsys):
     path = tmp_path / "small.circ"
     path.write_text(SMALL)

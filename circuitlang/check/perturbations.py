@@ -147,6 +147,11 @@ class PerturbationsMixin(BuilderBase):
                 ok = False
                 continue
             a, b = int(a), int(b)
+            if a >= b:
+                self.error(f"the window [{a}:{b}] holds no step" + (": it ends where it starts" if a == b else ": it ends before it starts"), w.span,
+                           f"write `{ph.name}[a:b]` with a < b (steps a .. b-1)")
+                ok = False
+                continue
             if not 0 <= a < b <= steps:
                 self.error(
                     f"the window [{a}:{b}] is not inside phase `{ph.name}`, whose steps are 0 .. {steps - 1}",
