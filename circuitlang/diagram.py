@@ -252,8 +252,10 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
         pop = circ.populations[cost.population]
         comp = P.NUDGE_COMPARTMENT if pop.cell_type and P.NUDGE_COMPARTMENT in pop.compartments else None
         nudges[cost.population] = ports[cost.population].take(comp, "top") if comp else BODY
-    perturbs = [(p, ports[p.population].take(p.compartment, "bottom") if p.compartment else BODY)
-                for p in spec.perturbations]
+    groups: dict[tuple[str, str | None], list] = {}  # one marker per target: no two arrow heads meet
+    for p in spec.perturbations:
+        groups.setdefault((p.population, p.compartment), []).append(p)
+    perturbs = [(ps, ports[pop].take(comp, "bottom") if comp else BODY) for (pop, comp), ps in groups.items()]
 
     for name, pop in circ.populations.items():
         g.node(name, label=population_label(circ, pop, ports[name], plastic.get(f"{name}.bias")))
@@ -279,8 +281,8 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
                minlen="2", **{("arrowtail" if k == "arrowhead" else k): v for k, v in nudge_attrs.items()})
         if "nudge" not in used:
             used.append("nudge")
-    for pert, port in perturbs:
-        _perturbation(g, circ, pert, port)
+    for group, port in perturbs:
+        _perturbation(g, circ, group, port)
         if "perturb" not in used:
             used.append("perturb")
     if legend and used:
@@ -326,17 +328,17 @@ def perturbation_text(p) -> str:
     return " · ".join(parts)
 
 
-def _perturbation(g: graphviz.Digraph, circ: Circuit, p, port: str) -> None:
-    """A stimulus marker: ⚡ and the perturbation's name and effect, with an arrow into its target."""
-    node = f"perturb_{p.name}"
-    text = html.escape(perturbation_text(p))
+def _perturbation(g: graphviz.Digraph, circ: Circuit, ps: list, port: str) -> None:
+    """A stimulus marker: ⚡ and each perturbation's name and effect, with one arrow into their target."""
+    first = ps[0]
+    node = f"perturb_{first.name}"
+    lines = "<BR/>".join(f'⚡ <B>{html.escape(p.name)}</B>: {html.escape(perturbation_text(p))}' for p in ps)
     with g.subgraph() as same:  # beside its target, in the same layer
         same.attr(rank="same")
-        same.node(node, label=f'<<FONT POINT-SIZE="10" COLOR="{PERTURB_COLOR}">⚡ <B>{html.escape(p.name)}</B>'
-                              f'<BR/>{text}</FONT>>', shape="plaintext")
-        same.node(p.population)
+        same.node(node, label=f'<<FONT POINT-SIZE="10" COLOR="{PERTURB_COLOR}">{lines}</FONT>>', shape="plaintext")
+        same.node(first.population)
     attrs, _ = EDGE_STYLES["perturb"]
-    g.edge(node, _end(circ, p.population, port), **attrs)
+    g.edge(node, _end(circ, first.population, port), **attrs)
 
 
 def _end(circ: Circuit, pop: str, port: str) -> str:
