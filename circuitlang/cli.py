@@ -345,6 +345,10 @@ def summary(circ: Circuit) -> str:
         how += f", batch {learn.batch}"
         lines.append(f"  learning: {how}")
         lines.append(f"  phases: {phases}")
+    if spec.perturbations:
+        lines.append("  perturbations (off unless enabled): " + "; ".join(
+            f"{p.name}: {p.population}{'.' + p.compartment if p.compartment else ''} {p.describe()}"
+            for p in spec.perturbations))
     return "\n".join(lines)
 
 

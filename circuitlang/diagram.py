@@ -314,25 +314,11 @@ def _connection(g: graphviz.Digraph, circ: Circuit, e: ConnectionEdge, head: str
     g.edge(tail, head_end, label=label, **attrs)
 
 
-def perturbation_text(p) -> str:
-    """`add 0.5 · nudge[5:20] · 50% (seed 3)`: what a `perturb` statement does, when, to how many."""
-    from .check.base import fmt_num
-
-    what = p.kind + (f" {fmt_num(p.value)}" if p.value is not None else "")
-    when = ", ".join(name + (f"[{a}:{b}]" if b is not None or a else "") for name, a, b in p.windows)
-    parts = [what, when]
-    if p.fraction < 1:
-        parts.append(f"{fmt_num(round(100 * p.fraction, 1))}% (seed {p.seed})")
-    if p.enabled:
-        parts.append("enabled")
-    return " · ".join(parts)
-
-
 def _perturbation(g: graphviz.Digraph, circ: Circuit, ps: list, port: str) -> None:
     """A stimulus marker: ⚡ and each perturbation's name and effect, with one arrow into their target."""
     first = ps[0]
     node = f"perturb_{first.name}"
-    lines = "<BR/>".join(f'⚡ <B>{html.escape(p.name)}</B>: {html.escape(perturbation_text(p))}' for p in ps)
+    lines = "<BR/>".join(f'⚡ <B>{html.escape(p.name)}</B>: {html.escape(p.describe())}' for p in ps)
     with g.subgraph() as same:  # beside its target, in the same layer
         same.attr(rank="same")
         same.node(node, label=f'<<FONT POINT-SIZE="10" COLOR="{PERTURB_COLOR}">{lines}</FONT>>', shape="plaintext")

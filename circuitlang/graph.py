@@ -296,6 +296,20 @@ class PerturbSpec:
     enabled: bool
     span: Span
 
+    def describe(self) -> str:
+        """`add 0.5 · nudge[5:20] · 50% (seed 3)`: what it does, when, to how many (diagram, summary)."""
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        what = self.kind + (f" {num(self.value)}" if self.value is not None else "")
+        when = ", ".join(name + (f"[{a}:{b}]" if b is not None else "") for name, a, b in self.windows)
+        parts = [what, when]
+        if self.fraction < 1:
+            parts.append(f"{num(round(100 * self.fraction, 1))}% (seed {self.seed})")
+        if self.enabled:
+            parts.append("enabled")
+        return " · ".join(parts)
+
 
 @_frozen
 class CircuitSpec:
