@@ -9,6 +9,7 @@ a bug. `--debug` shows Python tracebacks instead of hiding them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -154,6 +155,27 @@ def _build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
     vf.add_argument("--out", metavar="DIR", help="also write verify.csv and verify.png here")
     with_settings(vf)
+
+    xp = sub.add_parser("experiment", help="paired control and perturbed runs on the same samples: weight "
+                                            "updates, compartment drives, cost along the nudge, next trial")
+    xp.add_argument("file", metavar="FILE", help="the .circ file")
+    with_params(xp, help="trained parameters (default: a fresh initialisation)")
+    xp.add_argument("--data", default="digits", metavar="SPEC", help=_DATA_HELP + "; its first samples are used")
+    xp.add_argument("--split", choices=("test", "train"), default="test", help="which split's samples (default test)")
+    xp.add_argument("--samples", type=_POSITIVE, default=64, metavar="K",
+                    help="how many samples, the same in every condition (default 64)")
+    xp.add_argument("--perturb", action="append", default=[], metavar="NAME",
+                    help="a condition with the file's `perturb NAME` on (A+B: both at once); repeat for more")
+    xp.add_argument("--sweep", metavar="NAME.size=V,V,...",
+                    help="one condition per value of a perturbation's size (or .fraction)")
+    xp.add_argument("--target", default="data", metavar="data,prediction",
+                    help="the nudge's target: the data's, or the circuit's own free-phase prediction (no surprise); "
+                         "both: data,prediction (default data)")
+    xp.add_argument("--estimator", metavar="METHOD", help="whose update to read out (default: the file's)")
+    xp.add_argument("--seed", type=_SEED, default=0, help="seeds the initialisation and any random estimator")
+    xp.add_argument("--out", required=True, metavar="DIR", help="where experiment.csv, nudge_cost.csv and "
+                                                                "experiment.png go")
+    with_settings(xp)
 
     cp = sub.add_parser("compile", help="show the program that runs (jaxpr or XLA HLO)")
     cp.add_argument("file", metavar="FILE", help="the .circ file")
@@ -352,6 +374,10 @@ def summary(circ: Circuit) -> str:
         how += f", batch {learn.batch}"
         lines.append(f"  learning: {how}")
         lines.append(f"  phases: {phases}")
+    if spec.perturbations:
+        lines.append("  perturbations (off unless enabled): " + "; ".join(
+            f"{p.name}: {p.population}{'.' + p.compartment if p.compartment else ''} {p.describe()}"
+            for p in spec.perturbations))
     return "\n".join(lines)
 
 
@@ -554,6 +580,56 @@ def _verify(args) -> int:
     return 0
 
 
+def _experiment(args) -> int:
+    import csv
+    import io
+
+    from . import experiment as E
+    from .rundir import atomic_write, make_dir
+
+    out = make_dir(args.out)  # before the work
+    circ = load(args.file)
+    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    conds = E.conditions(circ, args.perturb, args.sweep, targets)  # names checked before any work
+    model = _model(args)
+    if model.learning is None or not model.spec.costs:
+        from .errors import Diagnostic
+
+        raise CircuitError(Diagnostic(f"{args.file}: an experiment runs the phases of a `learn` block against a "
+                                      "cost, and this circuit lacks " + ("a `learn` block" if model.learning is None
+                                                                         else "a cost"), None), circ.source)
+    if args.estimator:
+        _needs_an_estimate(model, args.estimator, "experiment")
+    data = _data(args.data)
+    if args.split == "train":
+        data = dataclasses.replace(data, x_test=data.x_train, y_test=data.y_train)
+    x, y = _samples(model, data, args.samples)
+    _require(model, "verify", len(x), method=args.estimator)
+    params = _params(model, args)
+    print(f"{len(conds)} conditions on {len(x)} {args.split} samples of {args.data}:")
+    rows, curves = E.run(circ, params, x, y, conds, _settings(args), args.estimator, args.seed, report=print)
+    print(E.format_table(rows))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(out / "experiment.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["condition", "phase", "step", "cost"])
+    for label, by_phase in curves.items():
+        for phase, curve in by_phase.items():
+            w.writerows([label, phase, k, float(v)] for k, v in enumerate(curve))
+    atomic_write(out / "nudge_cost.csv", buf.getvalue().encode())
+    nudge = model.nudge_phase.name if model.nudge_phase is not None and model.nudge_phase.beta else None
+    try:
+        E.plot(rows, curves, out / "experiment.png", f"{model.spec.name}: {len(x)} samples", nudge)
+    except OSError as exc:
+        raise CircuitError(f"{out / 'experiment.png'}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {out}/experiment.csv, nudge_cost.csv and experiment.png")
+    return 0
+
+
 def _compile(args) -> int:
     import jax
     import jax.numpy as jnp
@@ -590,5 +666,5 @@ def _compile(args) -> int:
 
 _COMMANDS = {
     "check": _check, "render": _render, "train": _train, "evaluate": _evaluate,
-    "simulate": _simulate, "verify": _verify, "compile": _compile,
+    "simulate": _simulate, "verify": _verify, "compile": _compile, "experiment": _experiment,
 }

@@ -44,6 +44,7 @@ __all__ = ["to_dot", "render", "EDGE_STYLES", "ranks", "interneurons", "BODY"]
 
 FONT = "Helvetica"
 NUDGE_COLOR = "#dc2626"
+PERTURB_COLOR = "#d97706"
 LEARNED_COLOR = "#0f766e"
 STATIC_COLOR = "#6b7280"
 
@@ -58,6 +59,8 @@ EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
     "one_to_one": ({}, "one-to-one"),
     "nudge": ({"style": "dashed", "color": NUDGE_COLOR, "fontcolor": NUDGE_COLOR, "arrowhead": "normal"},
               "nudge −β∂C/∂s"),
+    "perturb": ({"style": "bold,dashed", "color": PERTURB_COLOR, "fontcolor": PERTURB_COLOR, "arrowhead": "vee"},
+                "⚡ perturbation (off unless enabled)"),
 }
 
 _SUPERSCRIPT_T = "ᵀ"
@@ -249,6 +252,10 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
         pop = circ.populations[cost.population]
         comp = P.NUDGE_COMPARTMENT if pop.cell_type and P.NUDGE_COMPARTMENT in pop.compartments else None
         nudges[cost.population] = ports[cost.population].take(comp, "top") if comp else BODY
+    groups: dict[tuple[str, str | None], list] = {}  # one marker per target: no two arrow heads meet
+    for p in spec.perturbations:
+        groups.setdefault((p.population, p.compartment), []).append(p)
+    perturbs = [(ps, ports[pop].take(comp, "bottom") if comp else BODY) for (pop, comp), ps in groups.items()]
 
     for name, pop in circ.populations.items():
         g.node(name, label=population_label(circ, pop, ports[name], plastic.get(f"{name}.bias")))
@@ -274,6 +281,10 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
                minlen="2", **{("arrowtail" if k == "arrowhead" else k): v for k, v in nudge_attrs.items()})
         if "nudge" not in used:
             used.append("nudge")
+    for group, port in perturbs:
+        _perturbation(g, circ, group, port)
+        if "perturb" not in used:
+            used.append("perturb")
     if legend and used:
         inputs = [n for n, p in circ.populations.items() if p.role == "input"]
         _legend(g, circ, used, below=inputs or list(circ.populations)[:1])
@@ -303,6 +314,19 @@ def _connection(g: graphviz.Digraph, circ: Circuit, e: ConnectionEdge, head: str
     g.edge(tail, head_end, label=label, **attrs)
 
 
+def _perturbation(g: graphviz.Digraph, circ: Circuit, ps: list, port: str) -> None:
+    """A stimulus marker: ⚡ and each perturbation's name and effect, with one arrow into their target."""
+    first = ps[0]
+    node = f"perturb_{first.name}"
+    lines = "<BR/>".join(f'⚡ <B>{html.escape(p.name)}</B>: {html.escape(p.describe())}' for p in ps)
+    with g.subgraph() as same:  # beside its target, in the same layer
+        same.attr(rank="same")
+        same.node(node, label=f'<<FONT POINT-SIZE="10" COLOR="{PERTURB_COLOR}">{lines}</FONT>>', shape="plaintext")
+        same.node(first.population)
+    attrs, _ = EDGE_STYLES["perturb"]
+    g.edge(node, _end(circ, first.population, port), **attrs)
+
+
 def _end(circ: Circuit, pop: str, port: str) -> str:
     """`pop:port`; a population without a cell type is one box, so its edges end on the node itself."""
     return f"{pop}:{port}" if circ.populations[pop].cell_type else pop
@@ -323,7 +347,7 @@ def _legend(g: graphviz.Digraph, circ: Circuit, kinds: list[str], below: list[st
                 a, b = f"legend_{i}_a", f"legend_{i}_b"
                 row.node(a, label="", shape="point", width="0.01", style="invis")
                 row.node(b, label=f'<<FONT POINT-SIZE="9">{html.escape(text)}</FONT>>', shape="plaintext")
-                sample = [k] if k in ("weight", "learned", "static", "nudge") else ["weight", k]
+                sample = [k] if k in ("weight", "learned", "static", "nudge", "perturb") else ["weight", k]
                 row.edge(a, b, minlen="1", len="0.4", **_edge_attrs(sample))
                 if i:
                     row.edge(f"legend_{i - 1}_b", a, style="invis", minlen="0")

@@ -52,6 +52,7 @@ __all__ = [
     "RuleSpec",
     "LearningSpec",
     "CircuitSpec",
+    "PerturbSpec",
     "validate",
     "weights",
 ]
@@ -275,6 +276,42 @@ class LearningSpec:
 
 
 @_frozen
+class PerturbSpec:
+    """`perturb NAME : population[.compartment] KIND [VALUE] during PHASE[a:b], ...`.
+
+    `compartment` is None for the population itself; `kind` names an entry of
+    `primitives.PERTURBATIONS`; `windows` are (phase, first step, stop step), the
+    steps ``first .. stop-1`` of the phase (stop None: to the phase's end);
+    `fraction` of the cells, drawn with `seed`; `enabled`: on in every run.
+    """
+
+    name: str
+    population: str
+    compartment: str | None
+    kind: str
+    value: float | None
+    windows: tuple[tuple[str, int, int | None], ...]
+    fraction: float
+    seed: int
+    enabled: bool
+    span: Span
+
+    def describe(self) -> str:
+        """`add 0.5 · nudge[5:20] · 50% (seed 3)`: what it does, when, to how many (diagram, summary)."""
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        what = self.kind + (f" {num(self.value)}" if self.value is not None else "")
+        when = ", ".join(name + (f"[{a}:{b}]" if b is not None else "") for name, a, b in self.windows)
+        parts = [what, when]
+        if self.fraction < 1:
+            parts.append(f"{num(round(100 * self.fraction, 1))}% (seed {self.seed})")
+        if self.enabled:
+            parts.append("enabled")
+        return " · ".join(parts)
+
+
+@_frozen
 class CircuitSpec:
     name: str
     doc: str | None
@@ -286,6 +323,7 @@ class CircuitSpec:
     dynamics: DynamicsSpec | None
     costs: tuple[CostSpec, ...]
     learning: LearningSpec | None
+    perturbations: tuple[PerturbSpec, ...] = ()
 
 
 def weights(graph: nx.MultiDiGraph) -> dict[str, ConnectionEdge]:
@@ -390,5 +428,11 @@ def validate(graph: nx.MultiDiGraph) -> None:
         for cost in spec.costs:
             if cost.population not in graph:
                 problems.append(f"cost on missing population {cost.population}")
+        for pert in spec.perturbations:
+            pop = pops.get(pert.population)
+            if pop is None or (pert.compartment is not None and pert.compartment not in pop.compartments):
+                problems.append(f"perturbation {pert.name}: missing target")
+            if pert.kind not in P.PERTURBATIONS or not set(w[0] for w in pert.windows) <= names:
+                problems.append(f"perturbation {pert.name}: unknown kind or phase")
     if problems:
         raise ValueError("invalid circuit graph:\n  " + "\n  ".join(problems))

@@ -276,8 +276,9 @@ def _residual(model, params, x, u):
     (P the projection); u − P(ρ(−∂Φ/∂r)) in the prototypical form; −ds/dt (projected)
     on a vector field."""
     fns = model.fns
-    if getattr(fns, "vector_field", False):
-        f = fns.force(u, params, x)
+    if getattr(fns, "vector_field", False):  # the free phase's force at its last step
+        ph = model.free_phase
+        f = fns.force(u, params, x, t=((ph.steps or 1) - 1) * ph.dt, phase=ph)
         target = fns.project({n: u[n] + f[n] for n in u})
         return {n: u[n] - target[n] for n in u}
     if _rate_form(model):

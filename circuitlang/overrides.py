@@ -12,6 +12,10 @@ Keys (the same for `cl.compile(..., overrides=...)` and the CLI):
   learning rate" means all of them (a change that silently reached no weight
   was the alternative). ``optimizer.lr.W1`` sets one weight's rate, and wins over
   ``optimizer.lr`` whatever the order they are given in.
+* ``perturb.NAME`` — ``on`` / ``off`` (or ``true`` / ``false``) switches a
+  `perturb` statement on or off; ``perturb.NAME.size`` sets its value (the
+  current of `add`, the factor of `gain`, the level of `clamp`),
+  ``perturb.NAME.fraction`` and ``perturb.NAME.seed`` its options.
 
 Overrides rewrite the syntax tree, so the checker sees them like any other
 value: a bad override is reported like a bad line, located at ``--set KEY``.
@@ -73,6 +77,10 @@ def apply_overrides(program: S.Program, overrides: Mapping[str, Any]) -> S.Progr
         return program
     statements = list(program.statements)
     errors: list[Diagnostic] = []
+    perturb = {k: v for k, v in overrides.items() if k.split(".")[0] == "perturb"}
+    if perturb:
+        statements = _perturb_overrides(statements, perturb, errors)
+        overrides = {k: v for k, v in overrides.items() if k not in perturb}
     # `optimizer.lr` first: it drops the per-weight rates, and `optimizer.lr.W1` then adds its own
     for key, raw in sorted(overrides.items(), key=lambda kv: kv[0] != "optimizer.lr"):
         span = Span(f"--set {key}", 0, 0, 0, 0)
@@ -149,3 +157,50 @@ def apply_overrides(program: S.Program, overrides: Mapping[str, Any]) -> S.Progr
     if errors:
         raise CircuitSemanticError(errors)
     return dataclasses.replace(program, statements=tuple(statements))
+
+
+_PERTURB_KEYS = ("size", "fraction", "seed")
+
+
+def _perturb_overrides(statements: list, overrides: Mapping[str, Any], errors: list[Diagnostic]) -> list:
+    """`perturb.NAME=on|off`, `perturb.NAME.size|fraction|seed=VALUE` written into the `perturb` statements."""
+    statements = list(statements)
+    for key, raw in sorted(overrides.items()):
+        span = Span(f"--set {key}", 0, 0, 0, 0)
+        parts = key.split(".")
+        where = {s.name.name: i for i, s in enumerate(statements) if isinstance(s, S.Perturb)}
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in _PERTURB_KEYS):
+            errors.append(Diagnostic(f"`--set {key}`: unknown key", span,
+                                     "keys: perturb.NAME=on|off, perturb.NAME.size, .fraction or .seed"))
+            continue
+        if parts[1] not in where:
+            errors.append(Diagnostic(f"`--set {key}`: the file has no perturbation `{parts[1]}`"
+                                     f"{did_you_mean(parts[1], where)}", span,
+                                     "perturbations: " + (", ".join(where) or "none (declare one with `perturb`)")))
+            continue
+        i = where[parts[1]]
+        st: S.Perturb = statements[i]
+        text = str(raw).strip().lower()
+        if len(parts) == 2:
+            if text not in ("on", "off", "true", "false"):
+                errors.append(Diagnostic(f"`--set {key}={raw}`: say `on` or `off`", span))
+                continue
+            options = tuple(o for o in st.options if o.key != "enabled")
+            if text in ("on", "true"):
+                options += (S.Option("enabled", None, span, span),)
+            statements[i] = dataclasses.replace(st, options=options)
+            continue
+        try:
+            value = _value(key, raw, span)
+        except CircuitSemanticError as exc:
+            errors.extend(exc.diagnostics)
+            continue
+        if isinstance(value, bool):
+            errors.append(Diagnostic(f"`--set {key}`: needs a number", span))
+            continue
+        if parts[2] == "size":
+            statements[i] = dataclasses.replace(st, value=value)
+        else:
+            options = tuple(o for o in st.options if o.key != parts[2]) + (S.Option(parts[2], value, span, span),)
+            statements[i] = dataclasses.replace(st, options=options)
+    return statements

@@ -547,6 +547,18 @@ class _ToSyntax:
         )
 
     @_rule
+    def perturb_window(self, meta, kids):
+        phase, start, stop = kids
+        return S.PerturbWindow(self._ident(phase), start, stop, self._span(meta))
+
+    @_rule
+    def perturb(self, meta, kids):
+        name, target, kind, value, *rest = kids
+        windows = tuple(k for k in rest if isinstance(k, S.PerturbWindow))
+        options = tuple(k for k in rest if isinstance(k, S.Option))
+        return S.Perturb(self._ident(name), target, self._ident(kind), value, windows, options, self._span(meta))
+
+    @_rule
     def start(self, meta, kids):
         return tuple(k for k in kids if k is not None)
 
@@ -812,7 +824,8 @@ def _unclosed_inline_brace(open_brackets: list[Token], tok: Token, source: Sourc
     return b if after.strip() else None
 
 
-_STATEMENT_WORDS = ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn")
+_STATEMENT_WORDS = ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn",
+                    "perturb")
 
 
 def _second_statement(source: Source, tok: Token) -> tuple[str, int] | None:

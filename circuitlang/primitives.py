@@ -42,6 +42,9 @@ __all__ = [
     "RULE_NAMES",
     "DEFAULT_COMPARTMENT",
     "NUDGE_COMPARTMENT",
+    "PERTURBATIONS",
+    "PERTURB_OPTIONS",
+    "PERTURB_LOWERINGS",
 ]
 
 
@@ -402,3 +405,34 @@ DEFAULT_COMPARTMENT = "soma"
 # where a cell-type output receives the nudge -beta dC/ds, when its cell has this compartment
 # (`lower/cells.py`; the diagram draws the nudge into it)
 NUDGE_COMPARTMENT = "apical"
+
+
+# --------------------------------------------------------------- perturbations --
+# `perturb NAME : pop[.compartment] KIND [VALUE] during PHASE[a:b]`: what an experiment does
+# to a population or one of its compartments (`lower/perturb.py` gives each its meaning; the
+# diagram draws it). needs: `value` (KIND is followed by a number). `doc` says what it does to
+# a compartment, then to a population.
+PERTURBATIONS = _kinds(
+    Kind("add", "a current: VALUE is added to the compartment's summed drive; on a population, to the "
+         "right-hand side of its main ODE (tau ds/dt = ... + VALUE)", needs=("value",),
+         impl="circuitlang.lower.perturb:ADD"),
+    Kind("gain", "the compartment's drive is multiplied by VALUE; on a population, the rate it transmits "
+         "(VALUE * rho(s))", needs=("value",), impl="circuitlang.lower.perturb:GAIN"),
+    Kind("silence", "the compartment's drive is 0; a population is held at rest (s = 0) and transmits "
+         "nothing (rate 0)", impl="circuitlang.lower.perturb:SILENCE"),
+    Kind("clamp", "the compartment's value is held at VALUE; a population's state is held at VALUE "
+         "(it transmits rho(VALUE))", needs=("value",), impl="circuitlang.lower.perturb:CLAMP"),
+)
+
+PERTURB_OPTIONS = _settings(
+    Setting("fraction", "number", "the fraction of the population's cells perturbed, round(fraction * N) "
+            "of them (at least one), chosen at random with `seed`", minimum=0, exclusive=True, maximum=1),
+    Setting("seed", "int", "the seed of the random choice of cells (`fraction`)", minimum=0, maximum=2**32 - 1,
+            why="seeds are 32-bit"),
+    Setting("enabled", "flag", "on in every run, `train` included; without it the perturbation is off "
+            "unless selected (`circuitc experiment --perturb NAME`, `--set perturb.NAME=on`)"),
+)
+
+# the lowerings whose step a perturbation can enter: a vector field's or a cell's force
+# (an energy circuit's states follow -dE/ds, which no perturbation term is defined on)
+PERTURB_LOWERINGS = ("leaky", "cells")

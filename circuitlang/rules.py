@@ -167,7 +167,7 @@ class RuleProgram:
         b = beta if nudge else 0.0
 
         def observe(s, p, t):
-            return _observe(model, s, p, x, beta if nudge else None, y, t, want)
+            return _observe(model, s, p, x, beta if nudge else None, y, t, want, phase)
 
         zero = {r.target: jnp.zeros_like(params[r.target]) for r in active}
 
@@ -201,9 +201,10 @@ class RuleProgram:
 
 
 # ------------------------------------------------------------ observations --
-def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
-    """At state `s`: {"force": ds/dt, "values": {"pop.member": value} for the members in
-    `want`, "state": what the circuit shows (s, or ŭ with `prospective`)}."""
+def _observe(model, s, params, x, beta, y, t, want, phase=None) -> dict[str, Any]:
+    """At state `s`, time `t` of `phase`: {"force": ds/dt, "values": {"pop.member": value} for
+    the members in `want`, "state": what the circuit shows (s, or ŭ with `prospective`)}.
+    Rates are what the populations transmit, perturbed as the force saw them."""
     fns = model.fns
     vals: dict[str, Any] = {}
     if model.relaxer.prospective:
@@ -217,12 +218,12 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
         s = u
     elif getattr(fns, "vector_field", False):
         if hasattr(fns, "compartments"):
-            force, comps = fns.force(s, params, x, None, beta, y, t=t, observe=True)
+            force, comps = fns.force(s, params, x, None, beta, y, t=t, phase=phase, observe=True)
             for n, d in comps.items():
                 for c, v in d.items():
                     vals[f"{n}.{c}"] = v
         else:
-            force = fns.force(s, params, x, None, beta, y)
+            force = fns.force(s, params, x, None, beta, y, t=t, phase=phase)
     else:
         def total(u):
             E = fns.energy(u, params, x, None)
@@ -233,6 +234,11 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
         g = jax.grad(total)(dict(s))
         force = {k: -v for k, v in g.items()}
     full = {**x, **s}
+    rates = {}
+    if any(m == "rate" for _, m in want):
+        rates = {n: fns.act[n](v) for n, v in full.items() if n in fns.pops}
+        if getattr(fns, "perturb", None) and phase is not None:
+            rates = fns.perturb.rates(rates, phase, fns.perturb.step_of(t, phase))
     need_mu = any(m == "error" for _, m in want)
     mu = _net_input(model, full, params, x) if need_mu else {}
     for pop, member in want:
@@ -244,7 +250,7 @@ def _observe(model, s, params, x, beta, y, t, want) -> dict[str, Any]:
         elif member == "error":
             vals[key] = full[pop] - mu[pop] if pop in mu else full[pop]
         elif member == "rate":  # what the population transmits: its own activation of its state
-            vals[key] = fns.act[pop](full[pop])
+            vals[key] = rates[pop]
         elif pop in full and member == fns_main(fns, pop):
             vals[key] = full[pop]
         else:  # a cell's other state variable (compartments came with the force)

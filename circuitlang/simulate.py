@@ -63,9 +63,10 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
         fn = jax.jit(lambda p, x, s0, b, y, ph=phase: model.relaxer.trajectory(ph, p, x, s0, b, y))
         states, energy = fn(params, xs, start, beta, y)
         if wanted:
-            seen = jax.jit(lambda p, st, x, b, y: jax.vmap(
-                lambda one: model.fns.force(one, p, x, None, b, y, observe=True)[1])(st))(
-                params, {k: states[k] for k in model.state_keys}, xs, beta, y)
+            steps = jnp.arange(len(energy)) * phase.dt  # state k is where step k starts, at t = k dt
+            seen = jax.jit(lambda p, st, ts, x, b, y: jax.vmap(
+                lambda one, t: model.fns.force(one, p, x, None, b, y, t=t, phase=phase, observe=True)[1])(st, ts))(
+                params, {k: states[k] for k in model.state_keys}, steps, xs, beta, y)
             states = {**states, **{n: seen[n.split(".")[0]][n.split(".", 1)[1]] for n in wanted}}
         return states, energy
 

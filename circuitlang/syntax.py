@@ -314,8 +314,31 @@ class Learn:
     span: Span
 
 
+@_node
+class PerturbWindow:
+    """`PHASE` or `PHASE[start:stop]` (the phase's steps start .. stop-1) in a `perturb`."""
+
+    phase: Ident
+    start: Expr | None
+    stop: Expr | None
+    span: Span
+
+
+@_node
+class Perturb:
+    """`perturb NAME : pop[.compartment] KIND [value] during PHASE[a:b], ... options`."""
+
+    name: Ident
+    target: Endpoint
+    kind: Ident
+    value: Expr | None
+    windows: tuple[PerturbWindow, ...]
+    options: tuple[Option, ...]
+    span: Span
+
+
 Statement = Union[
-    Header, Param, FnDef, Neuron, Population, Connection, Bias, Energy, Dynamics, Cost, Learn
+    Header, Param, FnDef, Neuron, Population, Connection, Bias, Energy, Dynamics, Cost, Learn, Perturb
 ]
 
 

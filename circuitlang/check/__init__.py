@@ -11,7 +11,8 @@ Modules, one per concern:
 * `populations`: populations and biases;
 * `connections`: connections, initializers, ties and the parameter memory;
 * `dynamics`: energy, dynamics, what connections mean under them, costs;
-* `learning`: the `learn` block (phases, estimator, optimizer, rules).
+* `learning`: the `learn` block (phases, estimator, optimizer, rules);
+* `perturbations`: `perturb` statements (targets, kinds, phases and windows).
 """
 
 from .builder import build

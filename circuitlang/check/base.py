@@ -21,7 +21,7 @@ from ..source import Span
 
 # statement keywords; no option is named like one (see `BuilderBase._own_options`)
 STATEMENT_WORDS = frozenset(
-    ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn")
+    ("circuit", "param", "fn", "neuron", "population", "bias", "energy", "dynamics", "cost", "learn", "perturb")
 )
 
 

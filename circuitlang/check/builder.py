@@ -22,6 +22,7 @@ from .connections import ConnectionsMixin, colonless_weight
 from .dynamics import DynamicsMixin
 from .learning import LearningMixin
 from .names import NamesMixin
+from .perturbations import PerturbationsMixin
 from .populations import PopulationsMixin
 
 
@@ -48,7 +49,7 @@ def _dedupe(errors: list[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
-class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, LearningMixin):
+class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, LearningMixin, PerturbationsMixin):
     """Checks one program; `run` returns its (unfrozen) graph and leaves the problems in `errors`."""
 
     def run(self) -> nx.MultiDiGraph:
@@ -103,6 +104,7 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
             )
         learning = self.learn(learns[0], energy, dyn, costs) if learns else None
         self.unread_output_rates(energy, learning)
+        perturbations = self.perturbations(by(S.Perturb), energy, learning)
         self.memory_estimate()
 
         pops = {
@@ -122,6 +124,7 @@ class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, Lea
             dynamics=dyn,
             costs=tuple(costs),
             learning=learning,
+            perturbations=perturbations,
         )
         g = nx.MultiDiGraph(circuit=spec)
         for name, pop in pops.items():

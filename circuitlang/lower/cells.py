@@ -80,10 +80,11 @@ class CellFunctions(VectorFieldFunctions):
         return self.wiring.into(params, r, free, skip=lambda e: not self.wiring.reads(e) <= set(x),
                                 biases=False, group=self._group)
 
-    def compartments(self, s, params, x, drives=None) -> dict[tuple[str, str], Array]:
-        """The summed drive of every (population, compartment) that receives one, biases included."""
+    def compartments(self, s, params, x, drives=None, phase=None, step=0) -> dict[tuple[str, str], Array]:
+        """The summed drive of every (population, compartment) that receives one, biases included
+        (the rates they read perturbed in `phase` at `step`)."""
         W = self.wiring
-        rates = self._rates({n: s[n] for n in self.free if n in s}, x)
+        rates = self._rates({n: s[n] for n in self.free if n in s}, x, phase, step)
         to = {n for n in self.free if n in s}
         if drives is None:
             return W.into(params, rates, to, group=self._group, bias_group=self._bias_group)
@@ -94,10 +95,13 @@ class CellFunctions(VectorFieldFunctions):
         return out
 
     # ---------------------------------------------------------------- force --
-    def force(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, observe: bool = False):
-        """d(state)/dt for every state key (in `s`'s order); with `observe`, also
-        {population: {compartment: value}} as the equations saw them."""
-        comps = self.compartments(s, params, x, drives)
+    def force(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, phase=None, observe: bool = False):
+        """d(state)/dt for every state key (in `s`'s order), at time `t` of `phase` (a
+        `PhaseSpec`: where enabled perturbations act, `lower/perturb.py`); with `observe`,
+        also {population: {compartment: value}} as the equations saw them."""
+        pt = self.perturb if phase is not None else None
+        step = pt.step_of(t, phase) if pt else 0
+        comps = self.compartments(s, params, x, drives, phase, step)
         extra: dict[str, Array] = {}
         if beta is not None:
             mains = {n: s[n] for n in self.free}
@@ -110,6 +114,10 @@ class CellFunctions(VectorFieldFunctions):
                     comps[key] = comps[key] + current if key in comps else current
                 else:
                     extra[n] = current
+        if pt:  # after the nudge: `silence` on an apical dendrite silences the nudge too
+            comps = pt.compartments(comps, s, phase, step)
+            for n, i in pt.currents(s, phase, step).items():
+                extra[n] = extra[n] + i if n in extra else i
         f: dict[str, Array] = {}
         seen: dict[str, dict[str, Array]] = {}
         for n in self.free:
@@ -138,6 +146,8 @@ class CellFunctions(VectorFieldFunctions):
                 tau = self.ev.eval(ode.tau, env) if ode.tau is not None else 1.0
                 f[key] = jnp.broadcast_to(rhs / tau, s[key].shape).astype(s[key].dtype)
         ordered = {k: f[k] for k in s}
+        if pt:
+            ordered = pt.hold(ordered, s, phase, step)
         return (ordered, seen) if observe else ordered
 
     def update_potential(self, params, delta: Mapping[str, Array], s0, x) -> Array:

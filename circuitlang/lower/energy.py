@@ -36,6 +36,7 @@ from ..graph import CircuitSpec, ConnectionEdge, PopulationNode
 from ..layout import internal
 from ..ops.base import chain_apply
 from .exprs import WHOLE_LINE, Evaluator, identity_interval
+from .perturb import Perturber
 from .wiring import Wiring, weights_of
 
 __all__ = ["EnergyFunctions", "weights_of"]
@@ -65,6 +66,8 @@ class EnergyFunctions:
         self.shapes = {n: internal(p.shape) for n, p in pops.items()}
         # free populations whose rates are their states while within their bounds
         self.boxed = frozenset(n for n in self.free if _rates_are_states_in_bounds(pops[n], spec))
+        # the enabled `perturb` statements (`check` allows them on vector fields and cells only)
+        self.perturb = Perturber(spec.perturbations, self.pops, self.act)
 
     # -------------------------------------------------------------- pieces --
     def project(self, s: State) -> dict[str, Array]:

@@ -333,12 +333,8 @@ def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozense
     there ρ is applied)."""
     dt = phase.dt
     if getattr(fns, "vector_field", False):
-        timed = hasattr(fns, "compartments")  # cell ODEs may read `t`, the time in the phase
-
-        def force(s, i):
-            if timed:
-                return fns.force(s, params, x, drives, beta, y, t=i * dt)
-            return fns.force(s, params, x, drives, beta, y)
+        def force(s, i):  # cell ODEs may read `t`, the time in the phase; perturbations the phase
+            return fns.force(s, params, x, drives, beta, y, t=i * dt, phase=phase)
 
         return lambda i, s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), force(s, i).values())})
 

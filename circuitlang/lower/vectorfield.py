@@ -35,9 +35,11 @@ class VectorFieldFunctions(EnergyFunctions):
 
     vector_field = True
 
-    def _rates(self, s, x):
+    def _rates(self, s, x, phase=None, step=0):
+        """What each population transmits, ρ(s), perturbed in `phase` at `step` (`lower/perturb.py`)."""
         full = {**x, **s}
-        return {n: self.act[n](v) for n, v in full.items() if n in self.pops}
+        r = {n: self.act[n](v) for n, v in full.items() if n in self.pops}
+        return self.perturb.rates(r, phase, step) if self.perturb else r
 
     def drives(self, params, x):
         """The loop-invariant part of every free population's drive: the connections
@@ -46,10 +48,10 @@ class VectorFieldFunctions(EnergyFunctions):
         free = set(self.pops) - set(x)
         return self.wiring.into(params, r, free, skip=lambda e: not self.wiring.reads(e) <= set(x))
 
-    def drive(self, s, params, x, drives=None) -> dict[str, Array]:
+    def drive(self, s, params, x, drives=None, phase=None, step=0) -> dict[str, Array]:
         """Σ_in ± P(W ⋆ ρ(pre)) + b for each free population."""
         W = self.wiring
-        r = self._rates(s, x)
+        r = self._rates(s, x, phase, step)
         if drives is None:
             return W.into(params, r, set(s))
         out = W.into(params, r, set(s), skip=lambda e: W.reads(e) <= set(x), biases=False)
@@ -57,14 +59,22 @@ class VectorFieldFunctions(EnergyFunctions):
             out[n] = out[n] + v if n in out else v
         return out
 
-    def force(self, s, params, x, drives=None, beta=None, y=None) -> dict[str, Array]:
-        """ds/dt for each free population."""
-        d = self.drive(s, params, x, drives)
+    def force(self, s, params, x, drives=None, beta=None, y=None, *, t=0.0, phase=None) -> dict[str, Array]:
+        """ds/dt for each free population, at time `t` of `phase` (a `PhaseSpec`: where
+        enabled perturbations act; `lower/perturb.py`)."""
+        pt = self.perturb if phase is not None else None
+        step = pt.step_of(t, phase) if pt else 0
+        d = self.drive(s, params, x, drives, phase, step)
+        if pt:  # the soma's drive is a leaky population's one compartment
+            soma = pt.compartments({(n, self.pops[n].compartments[0]): v for n, v in d.items()}, s, phase, step)
+            d = {n: v for (n, _), v in soma.items()}
+            for n, i in pt.currents(s, phase, step).items():
+                d[n] = d[n] + i if n in d else i
         f = {n: (d[n] - s[n] if n in d else -s[n]) / self.pops[n].tau for n in s}
         if beta is not None:
             g = jax.grad(lambda u: self.cost(u, y))(dict(s))
             f = {n: f[n] - beta * g[n] / self.pops[n].tau for n in s}
-        return f
+        return pt.hold(f, s, phase, step) if pt else f
 
     def update_potential(self, params, delta: Mapping[str, Array], s0, x) -> Array:
         """A scalar whose θ-gradient is −Σ_edges ⟨δ_post, drive⟩ − Σ ⟨δ, b⟩ at s^0: the
