@@ -187,7 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
     with_settings(cp)
     for verb, action in sub.choices.items():  # `circuitc verify FILE --debug` as well as `circuitc --debug verify`
         action.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show Python tracebacks")
-        if verb in ("train", "evaluate", "simulate", "verify"):
+        if verb in ("train", "evaluate", "simulate", "verify", "experiment"):
             action.add_argument("--no-compile-cache", action="store_true",
                                 help="compile afresh, without JAX's persistent compilation cache "
                                      "(default: <cache>/jax, ~/.cache/circuitlang/jax or $CIRCUITLANG_CACHE/jax)")
@@ -237,7 +237,7 @@ def _compilation_cache(args) -> None:
     compile: running a file again skips XLA's compilation (`--no-compile-cache`, or
     `CIRCUITLANG_CACHE=off`, turns it off). JAX keys each program by its HLO, the compile
     options, the backend and JAX's version, so a changed file or setting compiles afresh."""
-    if args.command not in ("train", "evaluate", "simulate", "verify") or args.no_compile_cache:
+    if args.command not in ("train", "evaluate", "simulate", "verify", "experiment") or args.no_compile_cache:
         return
     from .cachedir import cache_dir
 
