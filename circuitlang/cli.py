@@ -604,7 +604,7 @@ def _experiment(args) -> int:
     if args.split == "train":
         data = dataclasses.replace(data, x_test=data.x_train, y_test=data.y_train)
     x, y = _samples(model, data, args.samples)
-    _require(model, "verify", len(x), method=args.estimator)
+    _require(model, "experiment", len(x), method=args.estimator)
     params = _params(model, args)
     print(f"{len(conds)} conditions on {len(x)} {args.split} samples of {args.data}:")
     rows, curves = E.run(circ, params, x, y, conds, _settings(args), args.estimator, args.seed, report=print)
@@ -638,11 +638,12 @@ def _compile(args) -> int:
     if args.fn == "estimate":
         _needs_an_estimate(model, model.method, "compile --fn estimate", "; or compile the relaxation: --fn relax")
     batch = args.batch or (model.learning.batch if model.learning else 1)
-    _require(model, "compile", batch)
-    params = model.init(jax.random.key(0))
-    x = {n: jnp.zeros((batch, *model.shape_of(n))) for n in model.inputs}
+    # shapes only: the program is traced and lowered, never run, so nothing is allocated
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    dtype = jnp.zeros(()).dtype
+    x = {n: jax.ShapeDtypeStruct((batch, *model.shape_of(n)), dtype) for n in model.inputs}
     out_pop = model.spec.costs[0].population if model.spec.costs else None
-    y = jnp.zeros((batch, model.fns.pops[out_pop].size)) if out_pop else None
+    y = jax.ShapeDtypeStruct((batch, model.fns.pops[out_pop].size), dtype) if out_pop else None
     if args.fn == "relax":
         fn, fargs = (lambda p, x: model._free(p, x).state), (params, x)
     else:
@@ -657,7 +658,9 @@ def _compile(args) -> int:
     if args.output:
         from pathlib import Path
 
-        Path(args.output).write_text(text)
+        from .rundir import atomic_write
+
+        atomic_write(Path(args.output), text.encode())
         print(f"wrote {args.output}")
     else:
         print(text)

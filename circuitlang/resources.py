@@ -71,30 +71,59 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
 
 
-def _cgroup_room() -> int | None:
-    """What this process's cgroup lets it allocate beyond what it uses now."""
+def _stats(path: Path) -> dict[str, int]:
+    """`memory.stat`: `name value` lines."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
+    """What this process's memory cgroups let it allocate beyond what they hold now: the
+    tightest of every limit from its own cgroup up to the root (Slurm and systemd set the
+    limit on a parent), counting reclaimable page cache (`inactive_file`) as room, as the
+    kernel does before it kills. cgroup v2 (unified, or under `unified/` in hybrid mode) and
+    v1 (`hierarchical_memory_limit`; the mount root itself when the container has no
+    cgroup namespace and its path in /proc is not mounted)."""
+    try:
+        lines = proc.read_text().splitlines()
     except OSError:
         return None
+    rooms = []
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":  # v2, unified
-            base = Path("/sys/fs/cgroup") / path.lstrip("/")
-            limit, used = _read_int(str(base / "memory.max")), _read_int(str(base / "memory.current"))
+        if hierarchy == "0" and controllers == "":  # v2
+            base = root if (root / "cgroup.controllers").exists() else root / "unified"
+            d = base / path.lstrip("/")
+            while True:
+                limit = _read_int(str(d / "memory.max"))
+                if limit is not None:
+                    used = _read_int(str(d / "memory.current")) or 0
+                    rooms.append(limit - used + _stats(d / "memory.stat").get("inactive_file", 0))
+                if d == base or base not in d.parents:
+                    break
+                d = d.parent
         elif "memory" in controllers.split(","):  # v1
-            base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-            limit, used = _read_int(str(base / "memory.limit_in_bytes")), _read_int(str(base / "memory.usage_in_bytes"))
-            if limit is not None and limit >= 2**60:  # v1's "no limit"
-                limit = None
-        else:
-            continue
-        if limit is not None:
-            return max(limit - (used or 0), 0)
-    return None
+            mount = root / "memory"
+            d = mount / path.lstrip("/")
+            if not d.is_dir():
+                d = mount
+            stat = _stats(d / "memory.stat")
+            limit = stat.get("hierarchical_memory_limit") or _read_int(str(d / "memory.limit_in_bytes"))
+            if limit is not None and limit < 2**60:  # v1 writes ~2**63 for no limit
+                used = _read_int(str(d / "memory.usage_in_bytes")) or 0
+                rooms.append(limit - used + stat.get("total_inactive_file", 0))
+    return max(min(rooms), 0) if rooms else None
 
 
 def available_memory() -> int | None:
@@ -182,8 +211,8 @@ def _states_per_example(model: Any) -> int:
 
 
 def estimate(model: Any, verb: str, *, batch: int, data: Any = None, itemsize: int = 4,
-             method: str | None = None, eval_chunk: int = 1000) -> Estimate:
-    """The memory `verb` ("train", "evaluate", "simulate", "verify", "compile") will hold on a
+             method: str | None = None, eval_chunk: int = 1000, split: str = "test") -> Estimate:
+    """The memory `verb` ("train", "evaluate", "simulate", "verify", "experiment") will hold on a
     batch of `batch` examples (see the module docstring for what is counted)."""
     n_params = sum(math.prod(s) for s in model.shapes.values())
     states = _states_per_example(model)
@@ -202,16 +231,14 @@ def estimate(model: Any, verb: str, *, batch: int, data: Any = None, itemsize: i
             # on the device, and the shuffled copy each epoch draws its batches from
             parts["data"] = 2 * (data.x_train.nbytes + data.x_test.nbytes) + data.y_train.nbytes + data.y_test.nbytes
     elif verb == "evaluate":
+        xs, ys = (getattr(data, f"{a}_{split}") for a in "xy") if data is not None else (None, None)
         parts["parameters"] = n_params * itemsize
-        chunk = min(eval_chunk, len(data.x_test)) if data is not None else eval_chunk
+        chunk = min(eval_chunk, len(xs)) if xs is not None else eval_chunk
         parts[f"evaluation in chunks of {chunk}"] = chunk * states * itemsize * RELAXATION_COPIES
-        if data is not None:
-            parts["data"] = data.x_test.nbytes + data.y_test.nbytes
-    elif verb == "compile":  # traces and lowers: parameters and the example inputs, nothing relaxed
-        parts["parameters"] = n_params * itemsize
-        parts[f"inputs of a batch of {batch}"] = batch * sum(model.size_of(k) for k in model.inputs) * itemsize
-    else:  # simulate records every step of a phase; verify compares several estimators
-        parts["parameters"] = n_params * itemsize * (4 if verb == "verify" else 1)
+        if xs is not None:
+            parts["data"] = xs.nbytes + ys.nbytes
+    else:  # simulate records every step of a phase; verify and experiment compare several estimates
+        parts["parameters"] = n_params * itemsize * (1 if verb == "simulate" else 4)
         recorded = steps if verb == "simulate" else RELAXATION_COPIES
         parts[f"states of {batch} example{'s' if batch != 1 else ''}"] = batch * states * itemsize * (recorded + copies)
     parts["runtime"] = RUNTIME_BYTES
@@ -219,14 +246,17 @@ def estimate(model: Any, verb: str, *, batch: int, data: Any = None, itemsize: i
     return Estimate(verb, parts, batch, largest)
 
 
+EVAL_BUDGET = 2**30  # bytes of states an evaluation chunk may hold at once
+
+
 def eval_chunk(model: Any, n: int, most: int = 1000) -> int:
-    """The evaluation chunk: `most` examples at a time (the same on every machine, so results
-    are too), halved only while a chunk's states would take more than a quarter of the
-    available memory."""
-    room = available_memory()
+    """The evaluation chunk: `most` examples at a time, halved while a chunk's states would
+    hold more than `EVAL_BUDGET` (1 GiB). A function of the circuit alone, never of the
+    machine, so that a file evaluates (and compiles) the same everywhere; whether the
+    chunk fits this machine is `require_run`'s question."""
     states = _states_per_example(model) * 4 * RELAXATION_COPIES
     chunk = max(1, min(most, n))
-    while room is not None and chunk > 1 and chunk * states > room // 4:
+    while chunk > 1 and chunk * states > EVAL_BUDGET:
         chunk //= 2
     return chunk
 

@@ -299,7 +299,8 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     labels = y if classify else np.zeros(len(X), np.int32)
     check_sizes(model, data)
     chunk = resources.eval_chunk(model, len(X), chunk)
-    resources.require_run(resources.estimate(model, "evaluate", batch=chunk, data=data, eval_chunk=chunk), model)
+    resources.require_run(resources.estimate(model, "evaluate", batch=chunk, data=data, eval_chunk=chunk,
+                                             split=split), model)
     fn = _make_eval(model, len(X), chunk, classify)
     loss, acc, _, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
     out = {"loss": float(loss)}

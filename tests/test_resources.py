@@ -51,19 +51,28 @@ def big(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("verb", ["train", "simulate", "verify", "compile"])
+@pytest.mark.parametrize("verb", ["train", "simulate", "verify"])
 def test_a_circuit_too_large_for_the_machine_is_refused_before_work(big, tmp_path, verb):
     """`population big [99999999]` passed check and died in train at 12.4 GB; every verb now
     refuses it at once, naming the weight that takes the room, with exit 1 (evaluate would
     need a 27 GiB params file first: its own check is the next test)."""
     args = {"train": ("--epochs", "1", "--out", tmp_path / "run", "--no-progress"),
-            "simulate": ("--out", tmp_path / "sim"), "verify": (), "compile": ()}[verb]
+            "simulate": ("--out", tmp_path / "sim"), "verify": ()}[verb]
     # a fixed amount, so that the test means the same on any machine
     env = {**os.environ, "CIRCUITLANG_MEMORY": "16GiB"}
     r = circuitc(verb, big, *args, env=env)
     err = fails(r, 1, f"{verb} would need about", "but only 16 GiB is available", "big.circ:5:1",
                 "`W1` (99,999,999×64)", "CIRCUITLANG_MEMORY")
     assert "parameters" in err
+
+
+def test_compile_needs_no_memory_for_the_arrays(big, tmp_path):
+    """`compile` traces and lowers from shapes (jax.eval_shape): a circuit of 27 GiB of
+    parameters prints its program without allocating them."""
+    env = {**os.environ, "CIRCUITLANG_MEMORY": "1GiB"}
+    r = circuitc("compile", big, "--fn", "relax", "-o", tmp_path / "big.jaxpr", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "99999999" in (tmp_path / "big.jaxpr").read_text()
 
 
 def test_evaluate_with_fitting_params_is_refused_too(tmp_path):
@@ -128,14 +137,53 @@ def test_the_estimate_grows_with_what_it_counts():
     assert bptt > one  # bptt keeps the trajectory
 
 
-def test_the_evaluation_chunk_shrinks_only_when_it_must(monkeypatch):
+def test_the_evaluation_chunk_is_the_circuits_not_the_machines(monkeypatch):
+    """The chunk changes the program and the last bits of the loss (with `tol`, also the
+    steps): it depends on the circuit only, never on the memory free at the time."""
     import circuitlang as cl
 
     m = cl.compile(cl.load(ROOT / "tests/circuits/tiny_hopfield.circ"))
-    monkeypatch.setenv("CIRCUITLANG_MEMORY", "16GiB")
-    assert R.eval_chunk(m, 10_000) == 1000 and R.eval_chunk(m, 360) == 360
-    monkeypatch.setenv("CIRCUITLANG_MEMORY", "1MiB")  # a quarter of it holds 2**18 / (26 states * 24 B) = 420
-    assert R.eval_chunk(m, 10_000) == 250
+    chunks = []
+    for memory in ("16GiB", "1MiB"):
+        monkeypatch.setenv("CIRCUITLANG_MEMORY", memory)
+        chunks.append((R.eval_chunk(m, 10_000), R.eval_chunk(m, 360)))
+    assert chunks == [(1000, 360), (1000, 360)]
+    wide = cl.compile(cl.loads("population x [64] input\npopulation h [100000]\npopulation y [10] output\n"
+                               "h -- x : W1\ny -- h : W2\nenergy hopfield\ncost y squared\n"))
+    # 1000 examples of 100,074 states, 6 copies in float32: 2.4 GB; halved to fit 1 GiB
+    assert R.eval_chunk(wide, 10_000) == 250
+
+
+def _cgroup_tree(tmp_path, files: dict[str, str], proc: str):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "proc").write_text(proc)
+    return tmp_path, tmp_path / "proc"
+
+
+def test_cgroup_v2_takes_the_tightest_limit_up_the_tree_and_counts_page_cache_as_room(tmp_path):
+    root, proc = _cgroup_tree(tmp_path, {
+        "cgroup.controllers": "memory\n",
+        "job/memory.max": str(8 * 2**30), "job/memory.current": str(7 * 2**30),
+        "job/memory.stat": f"anon 1\ninactive_file {3 * 2**30}\n",
+        "job/step/memory.max": "max\n", "job/step/memory.current": str(7 * 2**30),
+    }, "0::/job/step\n")
+    # the leaf says `max`; the parent's 8 GiB, 7 used of which 3 are reclaimable: 4 GiB of room
+    assert R._cgroup_room(root, proc) == 4 * 2**30
+
+
+def test_cgroup_v1_reads_the_hierarchical_limit_and_the_mount_root_without_a_namespace(tmp_path):
+    root, proc = _cgroup_tree(tmp_path, {
+        "memory/memory.stat": f"cache 5\nhierarchical_memory_limit {6 * 2**30}\ntotal_inactive_file {2**30}\n",
+        "memory/memory.usage_in_bytes": str(5 * 2**30),
+    }, "4:memory:/docker/abc123\n0::/\n")  # /docker/abc123 is not mounted inside the container
+    assert R._cgroup_room(root, proc) == 2 * 2**30
+    unlimited, proc2 = _cgroup_tree(tmp_path / "u", {
+        "memory/memory.stat": "hierarchical_memory_limit 9223372036854771712\n",
+        "memory/memory.usage_in_bytes": "100",
+    }, "4:memory:/\n")
+    assert R._cgroup_room(unlimited, proc2) is None
 
 
 @pytest.mark.slow
