@@ -16,6 +16,7 @@ its first token to the end of its last, parentheses included.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -90,12 +91,16 @@ def _parser(strict: bool = False) -> tuple[lark.Lark, _PostLexer, "_ToSyntax"]:
     options = dict(transformer=builder, postlex=post)  # build syntax nodes while parsing: no lark tree
     parser = None if strict else _cached_parser(options)
     if parser is None:
-        parser = lark.Lark(_grammar_text(), parser="lalr", lexer="contextual", strict=strict,
-                           maybe_placeholders=True, **options)
+        parser = lark.Lark(_grammar_text(), strict=strict, **_OPTIONS, **options)
         if not strict:
             _store_parser(parser)
     _locate_callbacks(parser, builder)
     return parser, post, builder
+
+
+# how the tables are built; a cached file built otherwise is not used
+_OPTIONS = {"parser": "lalr", "lexer": "contextual", "maybe_placeholders": True, "lexer_callbacks": {},
+            "regex": False, "g_regex_flags": 0, "use_bytes": False}
 
 
 def _grammar_text() -> str:
@@ -112,7 +117,10 @@ def _parser_cache() -> Path | None:
     where = cache_dir()
     if where is None:
         return None
-    key = hashlib.sha256(f"{lark.__version__}\0{_grammar_text()}".encode()).hexdigest()[:16]
+    from . import __version__
+
+    key = hashlib.sha256(f"{lark.__version__}\0{__version__}\0{sorted(_OPTIONS.items())}\0{_grammar_text()}"
+                         .encode()).hexdigest()[:16]
     return where / f"parser-{key}.json"
 
 
@@ -123,21 +131,32 @@ def _int_keys(pairs: list[tuple[str, object]]) -> dict:
 
 
 def _cached_parser(options: dict) -> lark.Lark | None:
-    """The parser from its cached tables: JSON (data, never pickle), keyed by the grammar's
-    text and lark's version, so an edited grammar or another lark builds afresh."""
+    """The parser from its cached tables: JSON (data, never pickle) ending in its own
+    sha256, keyed by the grammar's text, the build options and lark's and circuitlang's
+    versions, so an edited grammar, another lark or a damaged file builds afresh."""
+    import hashlib
     import json
 
     path = _parser_cache()
     if path is None:
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_int_keys)
-        return lark.Lark._load_from_dict(stored["data"], stored["memo"], **options)
+        text = path.read_text(encoding="utf-8")
+        body, _, digest = text.rpartition("\n")
+        if hashlib.sha256(body.encode()).hexdigest() != digest:
+            return None  # damaged (or edited): build the tables again
+        stored = json.loads(body, object_pairs_hook=_int_keys)
+        if {k: stored["data"]["options"].get(k) for k in _OPTIONS} != _OPTIONS:
+            return None  # tables built with other options (or edited): build them again
+        parser = lark.Lark._load_from_dict(stored["data"], stored["memo"], **options)
     except Exception:  # missing, unreadable, damaged or from another lark: build it again
         return None
+    parser._circuitlang_cached = True  # `parse` rebuilds it if it misbehaves
+    return parser
 
 
 def _store_parser(parser: lark.Lark) -> None:
+    import hashlib
     import json
     import os
     import tempfile
@@ -152,12 +171,18 @@ def _store_parser(parser: lark.Lark) -> None:
         data, memo = parser.memo_serialize([TerminalDef, Rule])
         # the post-lexer and the transformer are objects of ours, given back when it is loaded
         data["options"] = {k: v for k, v in data["options"].items() if k not in ("postlex", "transformer")}
-        text = json.dumps({"data": data, "memo": memo})
+        body = json.dumps({"data": data, "memo": memo})
+        text = f"{body}\n{hashlib.sha256(body.encode()).hexdigest()}"  # its own checksum, last
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+        import time
+
+        for old in path.parent.glob("parser-*.json"):  # tables of other versions, unused for a month
+            if old != path and old.stat().st_mtime < time.time() - 30 * 86400:
+                old.unlink()
     except (OSError, TypeError, ValueError):  # a read-only home only costs the next run 0.3 s
         try:
             os.unlink(tmp)
@@ -670,6 +695,24 @@ def parse(text: str, path: str = "<string>") -> S.Program:
     Raises:
         CircuitSyntaxError: located, with the expected tokens and a hint.
     """
+    try:
+        return _parse(text, path)
+    except CircuitError:
+        raise
+    except Exception:
+        # tables read from a damaged cache can fail in ways no grammar error does: drop the
+        # file, build the tables from the grammar, and parse again (a real bug then raises)
+        if not getattr(_parser()[0], "_circuitlang_cached", False):
+            raise
+        path_ = _parser_cache()
+        if path_ is not None:
+            with contextlib.suppress(OSError):
+                path_.unlink()
+        _parser.cache_clear()
+        return _parse(text, path)
+
+
+def _parse(text: str, path: str) -> S.Program:
     source = Source(text, path)
     lexed = _for_lexer(text)
     collecting = gc.isenabled()

@@ -258,3 +258,43 @@ def test_cache_key_follows_grammar(monkeypatch, tmp_path):
     assert P._parser_cache() != before and P._parser_cache().parent == tmp_path
     monkeypatch.setenv("CIRCUITLANG_CACHE", "off")
     assert P._parser_cache() is None
+
+
+def test_a_damaged_or_foreign_cache_file_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    """A cache file whose checksum does not match, or whose tables were built with other
+    options, is ignored; tables that fail while parsing are dropped and rebuilt (a damaged
+    cache used to turn every `check` into exit 3)."""
+    import hashlib
+    import json
+
+    from circuitlang import parse as P
+
+    monkeypatch.setenv("CIRCUITLANG_CACHE", str(tmp_path))
+    text = (EXAMPLES[0]).read_text()
+    try:
+        P._parser.cache_clear()
+        expected = repr(parse(text).statements)  # builds and stores
+        (stored,) = tmp_path.glob("parser-*.json")
+        body, _, digest = stored.read_text().rpartition("\n")
+        data = json.loads(body)
+        data["data"]["options"]["lexer_callbacks"] = {"NAME": "x"}
+        edited = json.dumps(data)
+        stored.write_text(f"{edited}\n{digest}")  # the checksum no longer matches
+        assert P._cached_parser({}) is None
+        stored.write_text(f"{edited}\n{hashlib.sha256(edited.encode()).hexdigest()}")  # options differ
+        assert P._cached_parser({}) is None
+        P._parser.cache_clear()
+        assert repr(parse(text).statements) == expected
+        # a cached parser that fails in a way no syntax error does is dropped and rebuilt
+        P._parser.cache_clear()
+        cached = P._parser()[0]
+        assert cached._circuitlang_cached
+
+        def broken(*a, **k):
+            raise TypeError("'str' object is not callable")
+
+        monkeypatch.setattr(cached, "parse", broken)
+        assert repr(parse(text).statements) == expected
+        assert P._parser()[0] is not cached
+    finally:
+        P._parser.cache_clear()
