@@ -236,21 +236,25 @@ def _compilation_cache(args) -> None:
     """JAX's persistent compilation cache, in `<cache>/jax` (`cachedir`), for the verbs that
     compile: running a file again skips XLA's compilation (`--no-compile-cache`, or
     `CIRCUITLANG_CACHE=off`, turns it off). JAX keys each program by its HLO, the compile
-    options, the backend and JAX's version, so a changed file or setting compiles afresh."""
-    if args.command not in ("train", "evaluate", "simulate", "verify", "experiment") or args.no_compile_cache:
+    options, the backend and JAX's version, so a changed file or setting compiles afresh.
+    Set for every command, on or off, since JAX's setting outlives a `main()` called in-process."""
+    if args.command not in ("train", "evaluate", "simulate", "verify", "experiment"):
         return
     from .cachedir import cache_dir
 
-    where = cache_dir("jax")
-    if where is None:
-        return
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # an unwritable home only costs compilation time
+    where = None if args.no_compile_cache else cache_dir("jax")
+    if where is not None:
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            where = None  # an unwritable home only costs compilation time
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
-    jax.config.update("jax_compilation_cache_dir", str(where))
+    wanted = str(where) if where is not None else None
+    if jax.config.jax_compilation_cache_dir != wanted:
+        compilation_cache.reset_cache()  # JAX opens its cache once; a new directory needs a new one
+        jax.config.update("jax_compilation_cache_dir", wanted)
     # the default keeps only programs that took 1 s to compile; a small circuit's epoch takes
     # 0.3-1 s, which is most of a short run's wall time
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

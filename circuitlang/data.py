@@ -190,11 +190,10 @@ def load(spec: str, *, seed: int = 0) -> Dataset:
 
 
 def _cache_dir() -> Path | None:
-    """``$CIRCUITLANG_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/circuitlang``."""
-    env = os.environ.get("CIRCUITLANG_CACHE_DIR")
-    if env is not None:
-        return Path(env) if env else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "circuitlang"
+    """circuitlang's cache directory (`cachedir`: ``$CIRCUITLANG_CACHE``, ``off`` for none)."""
+    from .cachedir import cache_dir
+
+    return cache_dir()
 
 
 @functools.lru_cache(maxsize=1)

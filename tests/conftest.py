@@ -45,7 +45,12 @@ def x64():
 
 
 def pytest_configure(config):
-    """Strict JAX in tests: implicit rank promotion is an error (warnings are errors too, see pyproject)."""
+    """Strict JAX in tests: implicit rank promotion is an error (warnings are errors too, see
+    pyproject). The tests' caches (parser tables, XLA's compiled programs, the digits split)
+    live in a directory of their own, removed at the end, never in the user's."""
+    import tempfile
+
+    os.environ["CIRCUITLANG_CACHE"] = tempfile.mkdtemp(prefix="circuitlang-tests-cache-")
     import jax
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -57,12 +62,22 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`python -m pytest` runs the quick suite (a few minutes on two cores); `--all`, or any
-    `-m` expression, decides otherwise. Slow tests are deselected, never skipped: the
+    """`python -m pytest` runs the quick suite (a few minutes on two cores); `--all`, any
+    `-m` or `-k` expression, or a test named by its node id decides otherwise. Slow tests are deselected, never skipped: the
     summary counts them, and CI runs them all."""
-    if config.getoption("run_all") or config.getoption("markexpr"):
+    if config.getoption("run_all") or config.getoption("markexpr") or config.getoption("keyword"):
+        return
+    if any("::" in arg for arg in config.args):  # a test named on the command line runs, slow or not
         return
     slow = [item for item in items if item.get_closest_marker("slow") is not None]
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    where = os.environ.get("CIRCUITLANG_CACHE", "")
+    if "circuitlang-tests-cache-" in where:
+        shutil.rmtree(where, ignore_errors=True)

@@ -22,7 +22,7 @@ INSTALL = "apt-get install dataset-fashion-mnist"
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     """Keep the digits cache out of the user's home directory."""
-    monkeypatch.setenv("CIRCUITLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("CIRCUITLANG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 # ---------------------------------------------------------------- digits
@@ -86,9 +86,9 @@ def test_digits_from_a_warm_cache_does_not_import_sklearn(tmp_path, monkeypatch)
 
 
 def test_cache_dir_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("CIRCUITLANG_CACHE_DIR", "")
+    monkeypatch.setenv("CIRCUITLANG_CACHE", "off")
     assert data._cache_dir() is None
-    monkeypatch.delenv("CIRCUITLANG_CACHE_DIR")
+    monkeypatch.delenv("CIRCUITLANG_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
     assert data._cache_dir() == Path("/somewhere/circuitlang")
 

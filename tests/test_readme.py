@@ -89,7 +89,7 @@ def test_the_language_snippet_is_a_file_that_trains(tmp_path):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_commands_run(command, tmp_path):
     args = shlex.split(command)
-    env = {**os.environ, "CIRCUITLANG_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "CIRCUITLANG_CACHE": str(tmp_path / "cache")}
     if args[0] == "python":
         script = ROOT / args[1]
         assert script.is_file(), f"{args[1]} does not exist"
@@ -109,7 +109,7 @@ def test_readme_commands_run(command, tmp_path):
 
 @pytest.mark.parametrize("code", [b for lang, b in BLOCKS if lang == "python"])
 def test_the_python_examples_run(code, tmp_path):
-    env = {**os.environ, "CIRCUITLANG_CACHE_DIR": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    env = {**os.environ, "CIRCUITLANG_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
