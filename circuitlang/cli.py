@@ -224,9 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
+    except MemoryError:
+        if debug:
+            raise
+        print("circuitc: error: out of memory (the check before the run estimated less than it took); "
+              "lower `batch` (--set learn.batch=N), --samples or the population sizes, or free memory",
+              file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
             raise
+        if "RESOURCE_EXHAUSTED" in str(exc):  # XLA could not allocate on the device
+            print(f"circuitc: error: the device ran out of memory: {str(exc).splitlines()[0][:300]}\n"
+                  "  lower `batch` (--set learn.batch=N), --samples or the population sizes", file=sys.stderr)
+            return 1
         print(f"circuitc: internal error: {type(exc).__name__}: {exc}\n"
               "(this is a bug in circuitlang; rerun with --debug for the traceback)", file=sys.stderr)
         return 3

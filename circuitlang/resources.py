@@ -261,6 +261,31 @@ def eval_chunk(model: Any, n: int, most: int = 1000) -> int:
     return chunk
 
 
+def device_kind() -> str:
+    import jax
+
+    return f"{jax.default_backend().upper()} device"
+
+
+def _device_room() -> int | None:
+    """Free memory of the first accelerator (None on CPU, whose memory is the machine's, or
+    when the backend does not say): the run's arrays live there."""
+    import sys
+
+    if "jax" not in sys.modules or os.environ.get("CIRCUITLANG_MEMORY"):
+        return None
+    import jax
+
+    try:
+        if jax.default_backend() == "cpu":
+            return None
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return None
+    limit = stats.get("bytes_limit")
+    return None if not limit else max(int(limit) - int(stats.get("bytes_in_use", 0)), 0)
+
+
 def require_run(est: Estimate, model: Any) -> None:
     """Refuse a run whose estimate exceeds the available memory (see `estimate`).
 
@@ -268,7 +293,10 @@ def require_run(est: Estimate, model: Any) -> None:
         CircuitError: with the parts and what would shrink the largest, located where that
             is written (the largest weight, the largest population, or the `learn` block).
     """
-    room = available_memory()
+    room, where = available_memory(), "this machine"
+    device = _device_room()
+    if device is not None and (room is None or device < room):
+        room, where = device, f"the {device_kind()}"
     if room is None or est.total <= room:
         return
     biggest = max(est.parts, key=est.parts.get)
@@ -295,7 +323,7 @@ def require_run(est: Estimate, model: Any) -> None:
         fixes.append("a smaller data set")
     fixes.append(_OVERRIDE.replace("if the machine", "or, if the machine") if fixes else _OVERRIDE)
     message = (f"{est.verb} would need about {fmt_bytes(est.total)} of memory ({est.render()}), "
-               f"but only {fmt_bytes(room)} is available on this machine")
+               f"but only {fmt_bytes(room)} is available on {where}")
     if span is None:
         raise CircuitError(Diagnostic(message, None, "; ".join(fixes)))
     raise CircuitError(Diagnostic(message, span, "; ".join(fixes)), model.circuit.source)

@@ -59,14 +59,22 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
     results: dict[str, Any] = {}
     wanted = [n for n in record if n in comps]
 
+    compiled: dict[str, Any] = {}  # one pair of programs per phase, however many samples a stream shows
+
+    def programs(phase):
+        if phase.name not in compiled:
+            compiled[phase.name] = (
+                jax.jit(lambda p, x, s0, b, y: model.relaxer.trajectory(phase, p, x, s0, b, y)),
+                jax.jit(lambda p, st, ts, x, b, y: jax.vmap(
+                    lambda one, t: model.fns.force(one, p, x, None, b, y, t=t, phase=phase, observe=True)[1])(st, ts)))
+        return compiled[phase.name]
+
     def run(phase, xs, start, beta, y):
-        fn = jax.jit(lambda p, x, s0, b, y, ph=phase: model.relaxer.trajectory(ph, p, x, s0, b, y))
-        states, energy = fn(params, xs, start, beta, y)
+        relax, observe = programs(phase)
+        states, energy = relax(params, xs, start, beta, y)
         if wanted:
             steps = jnp.arange(len(energy)) * phase.dt  # state k is where step k starts, at t = k dt
-            seen = jax.jit(lambda p, st, ts, x, b, y: jax.vmap(
-                lambda one, t: model.fns.force(one, p, x, None, b, y, t=t, phase=phase, observe=True)[1])(st, ts))(
-                params, {k: states[k] for k in model.state_keys}, steps, xs, beta, y)
+            seen = observe(params, {k: states[k] for k in model.state_keys}, steps, xs, beta, y)
             states = {**states, **{n: seen[n.split(".")[0]][n.split(".", 1)[1]] for n in wanted}}
         return states, energy
 

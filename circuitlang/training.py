@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -143,10 +144,27 @@ def compiler_options() -> dict[str, Any]:
       uses the widest it has). Vectorised sums then add in another order, so the last
       bits of a run can differ from a run without it (as from another XLA version).
 
-    Empty on other backends."""
+    Empty on other backends, and without the options this jaxlib does not know (an older
+    XLA refuses an unknown option: probed once, on a trivial program)."""
     if jax.default_backend() != "cpu":
         return {}
-    return {"xla_cpu_copy_insertion_use_region_analysis": True, "xla_cpu_prefer_vector_width": 512}
+    return dict(supported_options(_CPU_OPTIONS))
+
+
+_CPU_OPTIONS = (("xla_cpu_copy_insertion_use_region_analysis", True), ("xla_cpu_prefer_vector_width", 512))
+
+
+@functools.lru_cache(maxsize=4)
+def supported_options(wanted: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """The options of `wanted` that this XLA compiles a trivial program with."""
+    kept = []
+    for key, value in wanted:
+        try:
+            jax.jit(lambda a: a + 1, compiler_options={key: value}).lower(jnp.zeros(2)).compile()
+        except Exception:  # noqa: BLE001 - XLA's error for an unknown option differs across versions
+            continue
+        kept.append((key, value))
+    return tuple(kept)
 
 
 def _targets(data, y):

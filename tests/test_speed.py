@@ -140,3 +140,13 @@ def test_region_analysis_trains_bit_for_bit(monkeypatch):
     assert _same(runs[0].params, runs[1].params)
     strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k} for row in h]  # noqa: E731
     assert strip(runs[0].history) == strip(runs[1].history)
+
+
+def test_compiler_options_this_xla_does_not_know_are_dropped():
+    """An older jaxlib refuses an unknown compile option outright (exit 3 for every train);
+    the options are probed once and the unknown ones left out."""
+    from circuitlang.training import _CPU_OPTIONS, supported_options
+
+    made_up = (("xla_cpu_no_such_option_circuitlang", True),)
+    assert supported_options(made_up) == ()
+    assert supported_options(_CPU_OPTIONS + made_up) == _CPU_OPTIONS
