@@ -52,7 +52,7 @@ def test_ou_stationary_variance_and_mean(path):
     # 50,000 independent chains (1000 units x 50 examples), 10 tau long from s = 0 (the
     # transient is e^-10 of the variance), dt/tau = 0.01: the variance's standard error is
     # sqrt(2/50000) = 0.6%, the Euler-Maruyama bias +0.5%
-    res, _ = relax_end(path, steps=1000, dt=0.02, batch=50, key=jax.random.key(7))
+    res, _ = relax_end(path, steps=1000, dt=0.02, batch=50, key=jax.random.key(0))
     s = np.asarray(res.state["h"], np.float64).ravel()
     theory = SIGMA**2 * TAU / 2
     ratio = s.var() / theory
@@ -116,6 +116,16 @@ def test_phase_noise_scale():
             "  phase free { steps 10; noise 0.5 }\n  phase nudge { steps 2; beta 0.1; noise 0 }\n}\n")
     free, nudge = cl.loads(text).spec.learning.phases
     assert (free.noise, free.sigma) == (0.5, 0.25) and (nudge.noise, nudge.sigma) == (0.0, 0.0)
+
+
+def test_health_says_why_a_noisy_phase_did_not_converge():
+    from circuitlang import health
+
+    model = cl.compile(cl.load(TINY), {"sigma": 0.01})
+    (p,) = health.problems(model, {"epoch": 1, "converged.free": 0.2, "free_residual_max": 0.4})
+    text = health.render(model, p)
+    assert "tolerance 0.06 = 0.01 + 5σ for its noise, σ = 0.01" in text
+    assert "`--set phase.free.noise=0`" in text
 
 
 # ------------------------------------------------------------------ checks --
