@@ -17,6 +17,7 @@ from . import __version__
 from .check.base import fmt_bytes
 from .circuit import Circuit, load
 from .errors import CircuitError
+from .graph import noise_amplitudes
 from .layout import describe
 from .ops import OPS
 
@@ -138,7 +139,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--samples", type=_POSITIVE, default=4, metavar="K", help="how many test samples (default 4)")
     sm.add_argument("--record", metavar="POPS", help="comma-separated populations (default: the free ones)")
     with_params(sm, help="trained parameters (default: a fresh initialisation)")
-    sm.add_argument("--seed", type=_SEED, default=0, help="seeds the initialisation when --params is not given")
+    sm.add_argument("--seed", type=_SEED, default=0,
+                    help="seeds the initialisation when --params is not given, and a noisy circuit's noise")
     sm.add_argument("--out", required=True, metavar="DIR", help="where traces.npz and traces.png go")
     with_settings(sm)
 
@@ -334,6 +336,8 @@ def summary(circ: Circuit) -> str:
             extra.append("bias" if len(pop.shape) == 1 else f"bias per {pop.bias_per}")
         if pop.cell_type:
             extra.append("compartments " + ",".join(pop.compartments))
+        extra.extend(f"noise {k.split('.', 1)[1] + ' ' if '.' in k else ''}σ={a:.3g}"
+                     for k, a in noise_amplitudes({pop.name: pop}, spec.neuron_types).items())
         lines.append(f"    {pop.name}{kind} {describe(pop.shape)}  " + "  ".join(extra))
     lines.append("  connections:")
     arrows = {"undirected": "--", "directed": "->", "one_to_one": "=>"}
@@ -510,6 +514,8 @@ def _params(model, args, dtype=None):
 
 
 def _simulate(args) -> int:
+    import jax
+
     from .rundir import make_dir
     from .simulate import simulate
 
@@ -519,7 +525,7 @@ def _simulate(args) -> int:
     x, y = _samples(model, data, args.samples)
     _require(model, "simulate", len(x))
     record = args.record.split(",") if args.record else None
-    results = simulate(model, _params(model, args), x, y, record, args.out)
+    results = simulate(model, _params(model, args), x, y, record, args.out, key=jax.random.key(args.seed))
     diverged = None
     for name, r in results.items():
         status = "converged" if r["converged"] else "NOT converged"

@@ -39,6 +39,7 @@ class Scope:
     matrices: bool = False  # `@` and `transpose` (energy terms)
     hint: str | None = None
     objects: tuple[str, ...] = ()  # the names that have members (populations, `pre`, `post`)
+    noise: bool = False  # `white()` (a cell type's equations; `check/noise.py` says where in them)
 
 
 def check_expr(expr: S.Expr, scope: Scope, out: list[Diagnostic]) -> None:
@@ -111,6 +112,17 @@ def _check_call(node: S.Call, scope: Scope, out: list[Diagnostic]) -> None:
     elif name in P.FUNCTIONS:
         fn = P.FUNCTIONS[name]
         arity, elementwise = fn.arity, fn.elementwise
+        if fn.noise and not scope.noise:
+            out.append(
+                Diagnostic(
+                    f"`{name}()` is white noise: it is only meaningful added to a cell type's equation, "
+                    f"not in {scope.what}",
+                    node.fn.span,
+                    "write `tau * ds/dt = -s + sigma * white()` in a `neuron`, or give a population "
+                    "`noise=SIGMA`",
+                )
+            )
+            return
         if (fn.reduction or name == "transpose") and not scope.matrices:
             out.append(
                 Diagnostic(f"`{name}` is only meaningful in an energy term, not in {scope.what}", node.fn.span)
@@ -119,7 +131,7 @@ def _check_call(node: S.Call, scope: Scope, out: list[Diagnostic]) -> None:
     else:
         usable = sorted(
             f for f, spec in P.FUNCTIONS.items()
-            if scope.matrices or not (spec.reduction or f == "transpose")
+            if (scope.matrices or not (spec.reduction or f == "transpose")) and (scope.noise or not spec.noise)
         )
         pool = list(scope.functions) + usable
         out.append(
@@ -250,6 +262,14 @@ def _eval(expr, env, functions, what, depth, memo):
                     )
                 )
             return out
+        if name in P.FUNCTIONS and P.FUNCTIONS[name].noise:
+            raise EvalError(
+                Diagnostic(
+                    f"`{name}()` is white noise, not a constant: it cannot be used in {what}",
+                    expr.fn.span,
+                    "noise is written `noise=SIGMA` on a population, or `+ sigma * white()` in a cell type's equation",
+                )
+            )
         if name in P.FUNCTIONS:
             raise EvalError(
                 Diagnostic(

@@ -55,6 +55,7 @@ __all__ = [
     "PerturbSpec",
     "validate",
     "weights",
+    "noise_amplitudes",
 ]
 
 _frozen = dataclasses.dataclass(frozen=True)
@@ -85,6 +86,7 @@ class PopulationNode:
     bias_init: "InitSpec | None" = None  # `bias y init=constant(0.5)`; zeros when None
     shape: tuple[int, ...] = ()  # as written: (N,) or (C, H, W); () means (size,)
     bias_per: str = "channel"  # a shaped population's bias: one per `channel` or per `neuron`
+    noise: float = 0.0  # `noise=`: sigma of the additive noise sigma dW on its (main) state
 
     def __post_init__(self) -> None:
         if not self.shape:
@@ -169,10 +171,15 @@ class ConnectionEdge:
 
 @_frozen
 class OdeSpec:
+    """`tau * dX/dt = rhs`. `noise` is the amplitude sigma of its white noise: with
+    `rhs = f + c1 white() + c2 white() + ...` (constant c_k, `check/noise.py`), the SDE
+    dX = f/tau dt + sigma dW with sigma = sqrt(sum c_k^2) / |tau|; `rhs` evaluates to f."""
+
     state: str
     tau: S.Expr | None
     rhs: S.Expr
     span: Span
+    noise: float = 0.0
 
 
 @_frozen
@@ -236,6 +243,8 @@ class PhaseSpec:
     integrator: str
     clamp: str | None
     span: Span
+    noise: float = 1.0  # `noise 0.5`: the scale of every noise in this phase (0: none)
+    sigma: float = 0.0  # the largest noise amplitude in this phase (scale included; 0: deterministic)
 
 
 @_frozen
@@ -331,6 +340,28 @@ def weights(graph: nx.MultiDiGraph) -> dict[str, ConnectionEdge]:
     found = [d["payload"] for _, _, d in graph.edges(data=True)]
     found.sort(key=lambda e: (e.span.line, e.span.col))
     return {e.weight: e for e in found if e.weight is not None}
+
+
+def noise_amplitudes(pops: Mapping[str, PopulationNode], types: Mapping[str, NeuronType]) -> dict[str, float]:
+    """{state key: sigma} for every noisy state of the free populations, as written (a phase
+    scales them by its `noise`): a population's main state (`s`, or its cell's first state
+    variable; key `pop`) gets its `noise=` and its equation's `white()` terms, independent, so
+    their variances add; another state variable (key `pop.var`) its equation's. See
+    `lower/noise.py` for how they enter a step."""
+    out: dict[str, float] = {}
+    for n, pop in pops.items():
+        if pop.role == "input":
+            continue
+        nt = types.get(pop.cell_type) if pop.cell_type else None
+        main = "s" if "s" in pop.state else pop.state[0]
+        own = {o.state: o.noise for o in nt.odes} if nt is not None else {}
+        sigma = math.hypot(pop.noise, own.get(main, 0.0))
+        if sigma > 0:
+            out[n] = sigma
+        for var, amp in own.items():
+            if var != main and amp > 0:
+                out[f"{n}.{var}"] = amp
+    return out
 
 
 def _stage_problems(key: str, edge: ConnectionEdge, pre: tuple[int, ...], post: tuple[int, ...]) -> list[str]:

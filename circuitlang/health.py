@@ -38,6 +38,7 @@ import numpy as np
 
 from . import primitives as P
 from .errors import CircuitError, Diagnostic, HealthWarning
+from .lower.noise import NOISE_SIGMAS
 from .lower.relax import converged, tolerance
 
 __all__ = ["batch_health", "reduce_health", "update_ratios", "saturation", "problems", "raise_for", "render",
@@ -152,9 +153,14 @@ def problems(model, row: Mapping[str, float], classes: np.ndarray | None = None)
                if phase.dt else "") + ", or lower the learning rates if it converged in earlier epochs")
         what = "free phase" if label == "free" else f"phase `{phase.name}`" + (
             f" (the {label} relaxation)" if label != phase.name else "")
+        if phase.sigma > 0:  # a noisy phase: its residual is the drift's, its tolerance has room for the noise
+            fix += f"; `--set phase.{phase.name}.noise=0` shows how it converges without its noise"
         out.append(Problem(f"converged:{phase.name}", Diagnostic(
             f"{when}the {what} did not converge for {1 - frac:.0%} of the training examples (residual up to "
-            f"{largest:.3g}, tolerance {tolerance(phase):g}): the estimates built on it are unreliable",
+            f"{largest:.3g}, tolerance {tolerance(phase):g}"
+            + (f" = {tolerance(phase) - NOISE_SIGMAS * phase.sigma:g} + {NOISE_SIGMAS:g}σ for its noise, "
+               f"σ = {phase.sigma:g}"
+               if phase.sigma > 0 else "") + "): the estimates built on it are unreliable",
             phase.span, fix, severity="warning")))
     for key, frac in row.items():
         if key.startswith("saturated.") and np.isfinite(frac) and frac >= SATURATED_AT_LEAST:

@@ -81,10 +81,10 @@ def _batch(x) -> int:
     return next(iter(x.values())).shape[0]
 
 
-def _nudge(model, params, x, s_free, beta, y):
-    """The nudged relaxation from the free state (a `Relaxation`)."""
+def _nudge(model, params, x, s_free, beta, y, key=None):
+    """The nudged relaxation from the free state (a `Relaxation`); `key`: its noise's."""
     free = {n: s_free[n] for n in model.state_keys}
-    return model.relaxer.run(model.nudge_phase, params, x, free, beta, y)
+    return model.relaxer.run(model.nudge_phase, params, x, free, beta, y, key)
 
 
 def _report(res):
@@ -123,10 +123,10 @@ def estimate_with_info(model, params, x, y, method, beta=None, key=None, s0=None
 
 # ---------------------------------------------------------------- estimators --
 def one_sided(model, params, x, y, beta, key, s0):
-    res = model._free(params, x, s0)
+    res = model._free(params, x, s0, key=key)
     free = res.state
     beta = _beta(model, beta)
-    nudged = _nudge(model, params, x, free, beta, y)
+    nudged = _nudge(model, params, x, free, beta, y, key)
     g = _contrast(model, params, nudged.state, free, x, free)
     return _finish(model, g, 1.0 / (beta * _batch(x))), free, {"free": _report(res), "nudge": _report(nudged)}
 
@@ -138,11 +138,11 @@ def random_sign(model, params, x, y, beta, key, s0):
 
 
 def symmetric(model, params, x, y, beta, key, s0):
-    res = model._free(params, x, s0)
+    res = model._free(params, x, s0, key=key)
     free = res.state
     beta = _beta(model, beta)
-    plus = _nudge(model, params, x, free, beta, y)
-    minus = _nudge(model, params, x, free, -beta, y)
+    plus = _nudge(model, params, x, free, beta, y, key)  # the same noise in both (`lower/noise.py`)
+    minus = _nudge(model, params, x, free, -beta, y, key)
     g = _contrast(model, params, plus.state, minus.state, x, free)
     info = {"free": _report(res), "nudge+": _report(plus), "nudge-": _report(minus)}
     return _finish(model, g, 1.0 / (2.0 * beta * _batch(x))), free, info
@@ -152,7 +152,7 @@ def holomorphic(model, params, x, y, beta, key, s0):
     n = _points(model)
     if n == 2:
         return symmetric(model, params, x, y, beta, key, s0)
-    res = model._free(params, x, s0)
+    res = model._free(params, x, s0, key=key)
     free = res.state
     info = {"free": _report(res)}
     beta = _beta(model, beta)
@@ -165,7 +165,7 @@ def holomorphic(model, params, x, y, beta, key, s0):
     total = None
     for k in range(n):
         w = jnp.exp(2j * jnp.pi * k / n)
-        rk = model.relaxer.run(model.nudge_phase, cparams, cx, cfree, beta * w, cy)
+        rk = model.relaxer.run(model.nudge_phase, cparams, cx, cfree, beta * w, cy, key)
         info[f"nudge@{k}"] = _report(rk)
         s = rk.state
         fs = {m: s[m] for m in model.free}
@@ -180,13 +180,13 @@ def holomorphic(model, params, x, y, beta, key, s0):
 
 
 def chl(model, params, x, y, beta, key, s0):
-    res = model._free(params, x, s0)
+    res = model._free(params, x, s0, key=key)
     free = res.state
     out = [c.population for c in model.spec.costs]
     target = y if isinstance(y, dict) else {out[0]: y}
     xc = {**x, **{n: target[n] for n in out}}
     free_c = {n: free[n] for n in model.free if n not in out}
-    rc = model.relaxer.run(model.clamp_phase, params, xc, free_c)
+    rc = model.relaxer.run(model.clamp_phase, params, xc, free_c, key=key)
     g = _contrast(model, params, rc.state, free, x, free, xa=xc)
     return _finish(model, g, 1.0 / _batch(x)), free, {"free": _report(res), "clamp": _report(rc)}
 
@@ -207,10 +207,10 @@ def rules(model, params, x, y, beta, key, s0):
         if ph.steps is None and ph.present is not None:
             ph = dataclasses.replace(ph, steps=ph.present)
         if any(r.active(ph.name) for r in model.rules.rules):
-            res, acc = model.rules.run(ph, params, x, s, b, y)
+            res, acc = model.rules.run(ph, params, x, s, b, y, key=key)
             total = {k: total[k] + acc[k] if k in acc else total[k] for k in total}
         else:
-            res = model.relaxer.run(ph, params, x, s, b, y)
+            res = model.relaxer.run(ph, params, x, s, b, y, key)
         s = {k: res.state[k] for k in model.state_keys}
         info[ph.name] = _report(res)
         if first is None:
@@ -224,7 +224,7 @@ def bptt(model, params, x, y, beta, key, s0):
         phase = dataclasses.replace(phase, tol=None)
 
     def loss(p):
-        res = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0, boxed=False)
+        res = model.relaxer.run(phase, p, x, model.zeros(x) if s0 is None else s0, key=key, boxed=False)
         st = res.state
         return model.fns.cost({n: st[n] for n in model.free}, y), (st, _report(res))
 
@@ -234,8 +234,9 @@ def bptt(model, params, x, y, beta, key, s0):
 
 def gradient(model, params, x, y, beta, key, s0):
     """dL/dθ = −(∂G/∂θ)ᵀ λ with (∂G/∂u)ᵀ λ = ∂C/∂u at the free fixed point u, solved
-    densely per example (states of every shape flattened into one vector)."""
-    res = model._free(params, x, s0)
+    densely per example (states of every shape flattened into one vector). With noise, the
+    free phase's end state stands in for the fixed point (it fluctuates around it)."""
+    res = model._free(params, x, s0, key=key)
     free = res.state
     fns = model.fns
     names = model.state_keys

@@ -69,7 +69,8 @@ class Model:
         self.free = self.fns.free
         self.state_keys = getattr(self.fns, "state_keys", self.fns.free)
         self.learning = learn
-        phases = learn.phases if learn else (DEFAULT_FREE,)
+        phases = learn.phases if learn else (dataclasses.replace(  # its σ, as `check/noise.py` sets a phase's
+            DEFAULT_FREE, sigma=max(self.relaxer.amplitudes.values(), default=0.0)),)
         self.streaming = next((p for p in phases if p.present is not None and p.steps is None), None)
         if self.streaming is not None:  # evaluation relaxes with the stream's dynamics, un-nudged
             phases = tuple(
@@ -172,13 +173,13 @@ class Model:
         return self.fns.pops[key.split(".")[0]].size
 
     # ------------------------------------------------------------- raw fns --
-    def _free(self, params, x, s0=None, phase: PhaseSpec | None = None) -> Relaxation:
+    def _free(self, params, x, s0=None, phase: PhaseSpec | None = None, key=None) -> Relaxation:
         phase = phase or self.free_phase
         s0 = self.zeros(x) if s0 is None else s0
-        return self.relaxer.run(phase, params, x, s0)
+        return self.relaxer.run(phase, params, x, s0, key=key)
 
-    def _relax(self, params, x, s0=None):
-        return self._free(params, self.as_inputs(x), s0).state
+    def _relax(self, params, x, s0=None, key=None):
+        return self._free(params, self.as_inputs(x), s0, key=key).state
 
     def _loss(self, params, x, y, s0=None):
         x = self.as_inputs(x)
@@ -198,16 +199,18 @@ class Model:
             self._jit[name] = jax.jit(fn, **kw)
         return self._jit[name]
 
-    def relax(self, params, x, s0=None, info: bool = False):
+    def relax(self, params, x, s0=None, info: bool = False, key=None):
         """The free fixed point: {population: (batch, *shape as written)} for every population
-        (`s0`, if given, in the compiled layout, as `relax_result(...).state` is).
+        (`s0`, if given, in the compiled layout, as `relax_result(...).state` is). `key` draws
+        a noisy circuit's noise (`lower/noise.py`; None: `jax.random.key(0)`).
 
         With `info=True`, returns (state, relaxation): the free phase's `Relaxation`
         without its state (steps, result code, per-example `residual`;
         `relaxation.converged(model.free_phase)` says which examples converged)."""
         if not info:
-            return self.to_written(self._jitted("relax", self._relax)(params, x, s0))
-        res = self._jitted("relax:info", lambda p, x, s0: self._free(p, self.as_inputs(x), s0))(params, x, s0)
+            return self.to_written(self._jitted("relax", self._relax)(params, x, s0, key))
+        res = self._jitted("relax:info", lambda p, x, s0, k: self._free(p, self.as_inputs(x), s0, key=k))(
+            params, x, s0, key)
         return self.to_written(res.state), dataclasses.replace(res, state={})
 
     def relax_result(self, params, x, s0=None, phase: str | None = None, layout: str = "written") -> Relaxation:

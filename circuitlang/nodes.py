@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from . import primitives as P
 from .circuit import Circuit
-from .graph import PhaseSpec, PopulationNode
+from .graph import PhaseSpec, PopulationNode, noise_amplitudes
 from .layout import describe
 from .plasticity import Plasticity
 from .source import Span
@@ -106,10 +106,21 @@ def _bounds(pop: PopulationNode) -> str | None:
     return None
 
 
+def _noise(circ: Circuit, pop: PopulationNode) -> list[str]:
+    """`+ σ dW, σ = 0.05` for each noisy state of `pop` (`noise=`, `white()` in its equations)."""
+    amps = noise_amplitudes({pop.name: pop}, circ.spec.neuron_types)
+    out = []
+    for key, sigma in amps.items():
+        var = key.split(".", 1)[1] if "." in key else ("s" if "s" in pop.state else pop.state[0])
+        out.append(f"d{var} += σ dW, σ = {sigma:.3g}")
+    return out
+
+
 def _notes(circ: Circuit, pop: PopulationNode, bias: Plasticity | None) -> list[str]:
     first = [t for t in (pop.role if pop.role != "hidden" else None, _bounds(pop)) if t]
     lines = [" · ".join(first)] if first else []
     lines.append(_rate(circ, pop))
+    lines.extend(_noise(circ, pop))
     if pop.bias:
         text = "+ bias" if len(pop.shape) == 1 else f"+ bias per {pop.bias_per}"
         if bias is not None and bias.label:
@@ -180,6 +191,8 @@ def _phase(ph: PhaseSpec) -> str:
         bits.append(f"integrator {ph.integrator}")
     if ph.tol is not None:
         bits.append(f"until residual < {ph.tol:g}")
+    if ph.noise != 1.0:  # the populations' noise, scaled (0: off)
+        bits.append("no noise" if ph.noise == 0 else f"noise ×{ph.noise:g}")
     return f"{ph.name} ({', '.join(bits)})"
 
 

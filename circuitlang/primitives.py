@@ -68,6 +68,7 @@ class Function:
     impl: Callable[..., Any] | str
     elementwise: bool = True
     reduction: bool = False
+    noise: bool = False  # white noise: only added to a cell type's equation (`check/noise.py`)
 
     def impl_fn(self) -> Callable[..., Any]:
         """`impl`, imported first when it is written ``"module:attribute"``."""
@@ -145,6 +146,14 @@ _FUNCTION_LIST = [
     Function(
         "transpose", (1,), "the transpose of a weight matrix",
         lambda xp, w: xp.swapaxes(w, -1, -2), False,
+    ),
+    # white noise has no drift: an equation evaluates to its drift with white() = 0, and the
+    # relaxation adds the noise's increment sigma sqrt(dt) N(0, 1) itself (`lower/noise.py`)
+    Function(
+        "white", (0,), "white(): unit Gaussian white noise xi(t), <xi(t) xi(t')> = delta(t - t'); only added "
+        "to a cell type's equation, `+ sigma * white()`, which is the SDE term sigma dW (Euler-Maruyama: "
+        "an increment sigma sqrt(dt) N(0, 1) per step)",
+        lambda xp: 0.0, False, noise=True,
     ),
 ]
 FUNCTIONS: Mapping[str, Function] = _frozen({f.name: f for f in _FUNCTION_LIST})
@@ -296,13 +305,14 @@ ESTIMATORS = _kinds(
 # `trajectory` (Euler steps local rules integrate along), `states_are_rates` (the
 # free states are rates: estimators then differentiate E without its 1/2|s|^2), `boxed_rates`
 # (every step projects the states into their bounds, and the step takes `boxed`: populations
-# whose rates it may read as their states, `Relaxer._boxed`)
+# whose rates it may read as their states, `Relaxer._boxed`), `noise` (a step of size dt takes
+# the noise increment sigma sqrt(dt) N(0, 1): `lower/noise.py`)
 INTEGRATORS = _kinds(
     Kind("euler", "s <- s - dt (dE/ds + beta dC/ds), or s <- s + dt ds/dt", "Scellier & Bengio 2017",
-         impl="circuitlang.lower.relax:euler_step", provides=("trajectory", "boxed_rates")),
+         impl="circuitlang.lower.relax:euler_step", provides=("trajectory", "boxed_rates", "noise")),
     Kind("prototypical", "s <- (1 - dt) s + dt rho(-dPhi/dr), states read as rates",
          "Ernoult et al. 2019; Laborieux et al. 2021", needs=("energy", "rate_form"),
-         impl="circuitlang.lower.relax:prototypical_step", provides=("states_are_rates",)),
+         impl="circuitlang.lower.relax:prototypical_step", provides=("states_are_rates", "noise")),
     Kind("async", "even layers, then odd ones, jump to their closed-form minimum rho(-dPhi/dr) (block-coordinate)",
          "Scellier et al. 2023", needs=("energy", "rate_form", "layered"),
          impl="circuitlang.lower.relax:async_step", provides=("states_are_rates",)),
@@ -321,6 +331,8 @@ PHASE_SETTINGS = _settings(
     Setting("integrator", "choice", "how a step is taken", registry="INTEGRATORS"),
     Setting("clamp", "choice", "`output` clamps the output to the target (CHL's clamped phase)",
             fixed_choices=("output",)),
+    Setting("noise", "number", "scale of every noise in this phase (`noise=` of populations, `white()` in "
+            "equations): 1 as written, 0 turns it off", minimum=0),
 )
 
 LEARN_SETTINGS = _settings(
@@ -388,6 +400,8 @@ POPULATION_OPTIONS = _settings(
     Setting("min", "number", "lower bound of the state: the dynamics are projected onto [min, max], "
             "as Scellier & Bengio 2017 keep s in [0, 1]"),
     Setting("max", "number", "upper bound of the state (see `min`)"),
+    Setting("noise", "number", "additive Gaussian noise: sigma dW added to the state's update in every phase "
+            "(Euler-Maruyama: s <- s + dt f(s) + sigma sqrt(dt) N(0, 1))", minimum=0),
 )
 
 CONNECTION_OPTIONS = _settings(

@@ -42,6 +42,7 @@ from jax import lax
 from . import syntax as S
 from .factor import POST, PRE, SCALAR, SYN, Atom, CompiledRule, Orientation, Term, factor_rule
 from .graph import PhaseSpec
+from .lower.noise import add, increments
 from .lower.relax import OK, _speed
 from .lower.wiring import weights_of
 
@@ -149,8 +150,10 @@ class RuleProgram:
 
     # ---------------------------------------------------------------- run --
     def run(self, phase: PhaseSpec, params, x, s0, beta=None, y=None, stream: bool = False,
-            opt=None, opt_state=None):
-        """One phase of `phase.steps` Euler steps, integrating the active rules.
+            opt=None, opt_state=None, key=None):
+        """One phase of `phase.steps` Euler steps, integrating the active rules (with noise:
+        Euler–Maruyama steps, the noise of `key`, `lower/noise.py`; a rule's `d(X)/dt` then
+        sees the noise too).
 
         Returns (Relaxation, total update {target: Δθ}). With `stream`, the weights
         change at every step instead: the step's update, as the gradient estimate
@@ -170,11 +173,12 @@ class RuleProgram:
             return _observe(model, s, p, x, beta if nudge else None, y, t, want, phase)
 
         zero = {r.target: jnp.zeros_like(params[r.target]) for r in active}
+        noise = increments(model.relaxer.amplitudes, phase, key, s0) or (lambda i: None)
 
         def body(i, carry):
             s, obs, acc, p, st = carry
             t = i * dt
-            new = fns.project({k: s[k] + dt * obs["force"][k] for k in s})
+            new = fns.project(add({k: s[k] + dt * obs["force"][k] for k in s}, noise(i)))
             obs_new = observe(new, p, t + dt)
             upd = self.update(phase, p, obs, obs_new, b, t)
             if stream and opt is None:

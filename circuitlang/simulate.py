@@ -40,8 +40,11 @@ from .training import _npz_bytes
 __all__ = ["simulate"]
 
 
-def simulate(model: Model, params, x, y=None, record: list[str] | None = None, out: str | Path | None = None):
-    """Run every phase in order (nudged phases start from the free phase's end).
+def simulate(model: Model, params, x, y=None, record: list[str] | None = None, out: str | Path | None = None,
+             key=None):
+    """Run every phase in order (nudged phases start from the free phase's end); a noisy
+    circuit with the noise of `key` (`lower/noise.py`; None: `jax.random.key(0)`), which the
+    traces show. A noisy phase's residual is its drift's, as in training (`lower/relax.py`).
 
     Returns {phase: {"states": {...}, "energy": array, "residual": float (largest over
     the samples), "residuals": {population: float}, "tol": float, "converged": bool,
@@ -64,14 +67,14 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
     def programs(phase):
         if phase.name not in compiled:
             compiled[phase.name] = (
-                jax.jit(lambda p, x, s0, b, y: model.relaxer.trajectory(phase, p, x, s0, b, y)),
+                jax.jit(lambda p, x, s0, b, y, k: model.relaxer.trajectory(phase, p, x, s0, b, y, k)),
                 jax.jit(lambda p, st, ts, x, b, y: jax.vmap(
                     lambda one, t: model.fns.force(one, p, x, None, b, y, t=t, phase=phase, observe=True)[1])(st, ts)))
         return compiled[phase.name]
 
-    def run(phase, xs, start, beta, y):
+    def run(phase, xs, start, beta, y, k=key):
         relax, observe = programs(phase)
-        states, energy = relax(params, xs, start, beta, y)
+        states, energy = relax(params, xs, start, beta, y, k)
         if wanted:
             steps = jnp.arange(len(energy)) * phase.dt  # state k is where step k starts, at t = k dt
             seen = observe(params, {k: states[k] for k in model.state_keys}, steps, xs, beta, y)
@@ -89,7 +92,8 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
             parts = []
             for k in range(n):
                 one = {key: v[k:k + 1] for key, v in xs.items()}
-                states, energy = run(phase, one, start, beta, None if y is None else y[k:k + 1])
+                states, energy = run(phase, one, start, beta, None if y is None else y[k:k + 1],
+                                     None if key is None else jax.random.fold_in(key, k))
                 start = {key: states[key][-1] for key in model.state_keys}
                 cut = 0 if k == 0 else 1  # a trajectory starts with its initial state: the last one's end
                 parts.append(({key: v[cut:] for key, v in states.items()}, energy[cut:]))
@@ -102,8 +106,15 @@ def simulate(model: Model, params, x, y=None, record: list[str] | None = None, o
         if free_end is None and not stream:
             free_end = last
         exact = phase.forward or model.relaxer.prospective or len(energy) < 2
+        moved = {n: states[n][-1] for n in model.state_keys}
+        if phase.sigma > 0 and not exact:  # the drift: the last step again, without its noise
+            before = {n: states[n][-2] for n in model.state_keys}
+            xl = xs if not stream else {key_: v[-1:] for key_, v in xs.items()}
+            yl = y if not stream or y is None else y[-1:]
+            moved = jax.jit(lambda p, x, s, b, y, ph=phase: model.relaxer.drift_step(ph, p, x, s, b, y, ph.steps - 1))(
+                params, xl, before, beta, yl)
         residuals = {  # the relaxation's own residual (`relax._speed`), per population
-            n: 0.0 if exact else float(jnp.max(_speed({n: states[n][-1]}, {n: states[n][-2]}, phase.dt)))
+            n: 0.0 if exact else float(jnp.max(_speed({n: moved[n]}, {n: states[n][-2]}, phase.dt)))
             for n in model.free
         }
         residual = max(residuals.values(), default=0.0)

@@ -131,6 +131,9 @@ def load_params(path: str | Path, model: Model | None = None, dtype: Any = None,
     return params
 
 
+EVAL_TAG = 0x65766131  # the test split's noise of epoch e: fold_in(fold_in(key(seed), e), EVAL_TAG)
+
+
 # ------------------------------------------------------------------- compute --
 def compiler_options() -> dict[str, Any]:
     """XLA options for the programs `train` compiles (its epochs and its evaluation), on CPU:
@@ -231,12 +234,14 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
     def epoch(params, opt_state, key, X, Y, labels, P):
         idx = jax.random.permutation(key, n)[: nb * batch].reshape(nb, batch)
 
-        def body(carry, i):
+        def body(carry, inp):
             params, opt_state, S = carry
+            i, b = inp
             xs = model.as_inputs(shard(X[i]), "compiled")
             y = shard(Y[i])
             res, params, opt_state = model.rules.run(phase, params, xs, S, beta, y, stream=True,
-                                                     opt=opt, opt_state=opt_state)
+                                                     opt=opt, opt_state=opt_state,
+                                                     key=jax.random.fold_in(key, b))  # the batch's noise
             fit = health.batch_health({phase.name: res})
             S = {k: res.state[k] for k in model.state_keys}
             loss = model.fns.cost(S, y) / batch
@@ -245,7 +250,7 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
             return (params, opt_state, S), (loss, correct, fit)
 
         start = params
-        (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), idx)
+        (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), (idx, jnp.arange(nb)))
         fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
@@ -253,15 +258,16 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
 
 
 def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int = 0):
-    """The jitted evaluation: (params, X, Y, labels, P) -> (loss, accuracy, P, health), in
+    """The jitted evaluation: (params, X, Y, labels, P, key) -> (loss, accuracy, P, health), in
     chunks; `health` holds the fraction of saturated units per free population
-    (`saturated.POP`) and the counts of predicted classes (`classes`)."""
+    (`saturated.POP`) and the counts of predicted classes (`classes`). A noisy circuit is
+    evaluated with its noise: chunk c's from `fold_in(key, c)`."""
     chunk = max(1, min(chunk, n))
     full = n // chunk
 
-    def part(params, X, Y, labels, P):
+    def part(params, X, Y, labels, P, key):
         xs = model.as_inputs(X, "compiled")
-        free = model._free(params, xs, P or None).state
+        free = model._free(params, xs, P or None, key=key).state
         out = model.fns.readout(free)
         fs = {p: free[p] for p in model.state_keys}
         loss = model.fns.cost(fs, Y)
@@ -272,10 +278,11 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int 
             fit["classes"] = jnp.sum(jax.nn.one_hot(pred, n_classes, dtype=jnp.int32), axis=0)
         return loss, correct, ({p: fs[p] for p in P} if P else {}), fit
 
-    def evaluate(params, X, Y, labels, P):
+    def evaluate(params, X, Y, labels, P, key):
         def one(i):
             sl = lambda a: lax.dynamic_slice_in_dim(a, i * chunk, chunk)  # noqa: E731
-            return part(params, sl(X), sl(Y), sl(labels), {p: sl(v) for p, v in P.items()})
+            return part(params, sl(X), sl(Y), sl(labels), {p: sl(v) for p, v in P.items()},
+                        jax.random.fold_in(key, i))
 
         loss, correct, newP, fit = lax.map(one, jnp.arange(full))
         newP = {p: v.reshape((full * chunk, *v.shape[2:])) for p, v in newP.items()}
@@ -283,7 +290,8 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int 
         fit = {k: jnp.sum(v, axis=0) for k, v in fit.items()}
         if n > full * chunk:
             rest = slice(full * chunk, None)
-            l2, c2, P2, f2 = part(params, X[rest], Y[rest], labels[rest], {p: v[rest] for p, v in P.items()})
+            l2, c2, P2, f2 = part(params, X[rest], Y[rest], labels[rest], {p: v[rest] for p, v in P.items()},
+                                  jax.random.fold_in(key, full))
             loss, correct = loss + l2, correct + c2
             newP = {p: jnp.concatenate([newP[p], P2[p]]) for p in newP}
             fit = {k: fit[k] + f2[k] for k in fit}
@@ -320,7 +328,8 @@ def evaluate(model: Model, params, data, split: str = "test", chunk: int = 1000)
     resources.require_run(resources.estimate(model, "evaluate", batch=chunk, data=data, eval_chunk=chunk,
                                              split=split), model)
     fn = _make_eval(model, len(X), chunk, classify)
-    loss, acc, _, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {})
+    loss, acc, _, _ = fn(params, _inputs(model, X), jnp.asarray(_targets(data, y)), jnp.asarray(labels), {},
+                         jax.random.key(0))
     out = {"loss": float(loss)}
     if classify:
         out["accuracy"] = float(acc)
@@ -447,7 +456,9 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             classes = None
             if eval_fn is not None:
                 t1 = time.perf_counter()
-                tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt)
+                # a noisy circuit's test noise: its own stream per epoch (`lower/noise.py`)
+                ekey = jax.random.fold_in(jax.random.fold_in(base, e), EVAL_TAG)
+                tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt, ekey)
                 row["test_loss"] = float(tl)
                 if classify:
                     row["test_accuracy"] = float(ta)

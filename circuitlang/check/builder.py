@@ -22,6 +22,7 @@ from .connections import ConnectionsMixin, colonless_weight
 from .dynamics import DynamicsMixin
 from .learning import LearningMixin
 from .names import NamesMixin
+from .noise import NoiseMixin
 from .perturbations import PerturbationsMixin
 from .populations import PopulationsMixin
 
@@ -49,7 +50,8 @@ def _dedupe(errors: list[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
-class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, LearningMixin, PerturbationsMixin):
+class Builder(NamesMixin, PopulationsMixin, ConnectionsMixin, DynamicsMixin, LearningMixin, PerturbationsMixin,
+              NoiseMixin):
     """Checks one program; `run` returns its (unfrozen) graph and leaves the problems in `errors`."""
 
     def run(self) -> nx.MultiDiGraph:

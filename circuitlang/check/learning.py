@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
@@ -119,6 +120,7 @@ class LearningMixin(BuilderBase):
             persistent=bool(settings.get("persistent", False)),
             health=str(settings.get("health", "warn")),
         )
+        spec = dataclasses.replace(spec, phases=self.phase_noise(spec))  # each phase's sigma (`noise.py`)
         self._lowerable(spec, energy, dyn, costs, est_attr, rules_ok=len(rules) == len(s.rules))
         return spec
 
@@ -280,6 +282,7 @@ class LearningMixin(BuilderBase):
             integrator=str(v.get("integrator", "euler")),
             clamp=v.get("clamp"),
             span=ph.span,
+            noise=float(v.get("noise", 1.0)),
         )
 
     def _forward_ok(self, ph: S.Phase, energy: EnergySpec | None, dyn: DynamicsSpec | None) -> None:

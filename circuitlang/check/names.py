@@ -217,17 +217,18 @@ class NamesMixin(BuilderBase):
         )
         lets = []
         for let in s.lets:
-            scope = Scope(f"cell type `{s.name.name}`", dict(names), self.fn_arities(), hint=cell_hint)
+            scope = Scope(f"cell type `{s.name.name}`", dict(names), self.fn_arities(), hint=cell_hint, noise=True)
             check_expr(let.value, scope, self.errors)
+            self.no_white(let.value, f"a named value like `{let.name.name}`")
             if let.name.name in names and names[let.name.name] != "param":
                 self.error(f"`{let.name.name}` is already defined in `{s.name.name}`", let.name.span)
             names[let.name.name] = "value"
             lets.append((let.name.name, let.value))
-        scope = Scope(f"cell type `{s.name.name}`", names, self.fn_arities(), hint=cell_hint)
+        scope = Scope(f"cell type `{s.name.name}`", names, self.fn_arities(), hint=cell_hint, noise=True)
         odes = []
         for o in s.odes:
             check_expr(o.rhs, scope, self.errors)
             if o.tau is not None:
                 check_expr(o.tau, scope, self.errors)
-            odes.append(OdeSpec(o.state.name, o.tau, o.rhs, o.span))
+            odes.append(OdeSpec(o.state.name, o.tau, o.rhs, o.span, self.ode_noise(o, s.name.name)))
         self.neurons[s.name.name] = NeuronType(s.name.name, tuple(comps), tuple(odes), tuple(lets), s.span)

@@ -33,6 +33,7 @@ class PopulationsMixin(BuilderBase):
         roles = []
         activation = "rho" if "rho" in self.functions else "identity"
         tau = 1.0
+        noise = 0.0
         bounds: dict[str, float] = {}
         for opt in self._own_options(s.options):
             spec = self._option(opt, P.POPULATION_OPTIONS, "a population")
@@ -47,6 +48,9 @@ class PopulationsMixin(BuilderBase):
                     self.rho_options[s.name.name] = opt
             elif opt.key == "tau" and opt.value is not None:
                 tau = self._checked_number(opt.value, spec, f"`tau` of `{s.name.name}`") or tau
+            elif opt.key == "noise" and opt.value is not None:
+                noise = self._checked_number(opt.value, spec, f"the noise of `{s.name.name}`") or 0.0
+                noise_opt = opt
             elif opt.key in ("min", "max") and opt.value is not None:
                 value = self._checked_number(opt.value, spec, f"`{opt.key}` of `{s.name.name}`")
                 if value is not None:
@@ -64,6 +68,12 @@ class PopulationsMixin(BuilderBase):
                 "a population is one of input, hidden (the default) or output",
             )
         role = roles[0].key if roles else "hidden"
+        if noise and role == "input":
+            self.error(
+                f"`{s.name.name}` is an input population: it is clamped to the data, so noise on its state has "
+                "no effect", noise_opt.span, "put the noise on the populations the input drives",
+            )
+            noise = 0.0
         comps: tuple[str, ...] = (P.DEFAULT_COMPARTMENT,)
         state: tuple[str, ...] = ("s",)
         ctype = None
@@ -85,7 +95,7 @@ class PopulationsMixin(BuilderBase):
         if ok:
             self.pops[s.name.name] = PopulationNode(
                 s.name.name, size, role, ctype, comps, state, activation, tau, False, s.span,
-                bounds.get("min"), bounds.get("max"), shape=shape,
+                bounds.get("min"), bounds.get("max"), shape=shape, noise=noise,
             )
 
     def _shape(self, s: S.Population) -> tuple[int, ...]:

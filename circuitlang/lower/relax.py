@@ -26,6 +26,16 @@ zero exactly at a fixed point of the phase's own dynamics, and it costs
 nothing: it is read off the last step. A phase is *converged* when an
 example's residual is below the phase's `tol`, or below `DEFAULT_TOL` for a
 phase of fixed steps.
+
+**With noise** (`lower/noise.py`) the state never settles, so the residual of
+a noisy phase is the speed of its *drift*, the last step taken without the
+noise increment: the same definition as without noise, and still zero at the
+drift's fixed point, but a noisy state fluctuates around that point, and so
+does its drift (for ds = −λs dt + σ dW, with standard deviation σ√(λ/2) per
+unit). A noisy phase therefore counts as converged when its residual is below
+its tolerance plus `NOISE_SIGMAS` (5) times the phase's largest σ
+(`PhaseSpec.sigma`): at unit relaxation rate that is about seven standard
+deviations of a unit's drift, beyond the largest of millions of units.
 """
 
 from __future__ import annotations
@@ -43,7 +53,9 @@ from .. import primitives as P
 from ..errors import CircuitRuntimeError, Diagnostic
 from ..graph import PhaseSpec
 from ..layers import colour_layers
+from ..graph import noise_amplitudes
 from .energy import EnergyFunctions
+from .noise import NOISE_SIGMAS, add, increments
 
 __all__ = ["OK", "NOT_CONVERGED", "NONFINITE", "DEFAULT_TOL", "Relaxation", "Relaxer", "tolerance", "converged"]
 
@@ -59,8 +71,8 @@ Array = Any
 
 
 def tolerance(phase: PhaseSpec) -> float:
-    """The residual under which `phase` counts as converged."""
-    return phase.tol if phase.tol is not None else DEFAULT_TOL
+    """The residual under which `phase` counts as converged (with noise: plus `NOISE_SIGMAS` σ)."""
+    return (phase.tol if phase.tol is not None else DEFAULT_TOL) + NOISE_SIGMAS * phase.sigma
 
 
 def converged(residual: Array, phase: PhaseSpec) -> Array:
@@ -102,6 +114,8 @@ class Relaxer:
         self.prospective = prospective
         self.graph = graph
         self.source = source  # for error excerpts
+        spec = graph.graph["circuit"]
+        self.amplitudes = noise_amplitudes(fns.pops, spec.neuron_types)  # {state key: σ} (`lower/noise.py`)
         order_graph = nx.DiGraph()
         order_graph.add_nodes_from(fns.pops)
         order_graph.add_edges_from((e.pre, e.post) for e in fns.edges if e.kind != "undirected")
@@ -112,8 +126,10 @@ class Relaxer:
 
     # ------------------------------------------------------------------ run --
     def run(self, phase: PhaseSpec, params, x: Mapping[str, Array], s0: Mapping[str, Array],
-            beta: Array | float | None = None, y: Any = None, *, boxed: bool = True) -> Relaxation:
-        """Relax the free populations `s0` with the clamped `x`; `beta=None`: no nudge.
+            beta: Array | float | None = None, y: Any = None, key: Array | None = None, *,
+            boxed: bool = True) -> Relaxation:
+        """Relax the free populations `s0` with the clamped `x`; `beta=None`: no nudge; `key`:
+        the noise's (`lower/noise.py`; None: `jax.random.key(0)`), unused without noise.
 
         `boxed=False` applies ρ at every step even where the states are their rates
         (`_boxed`): the same states, bit for bit, but differentiated through the steps
@@ -130,19 +146,26 @@ class Relaxer:
         if not s0:  # nothing is free (CHL's clamped phase of a circuit with only an output)
             return self._finish({}, x, jnp.asarray(0), jnp.asarray(OK))
         drives = fns.drives(params, x)
-        step = first = self._step(phase, params, x, drives, beta, y)
+        noise = increments(self.amplitudes, phase, key, s0)
+        step = first = self._step(phase, params, x, drives, beta, y, noise=noise)
         boxed = self._boxed(phase, s0) if boxed else frozenset()
         if boxed:  # after the first step every state is projected into its bounds
-            step = self._step(phase, params, x, drives, beta, y, boxed)
+            step = self._step(phase, params, x, drives, beta, y, boxed, noise=noise)
+        # the residual is the drift's speed: with noise, the step taken without its increment
+        drift_first = first if noise is None else self._step(phase, params, x, drives, beta, y)
+        drift = step if noise is None else (self._step(phase, params, x, drives, beta, y, boxed) if boxed
+                                            else drift_first)
         if phase.tol is None:  # fixed steps; the residual is read off the last one
             s, start = dict(s0), 0
             if boxed and phase.steps > 1:
                 s, start = first(0, s), 1
             s = lax.fori_loop(start, phase.steps - 1, step, s)
-            new = (step if start or not boxed else first)(phase.steps - 1, s)
-            residual = _speed(new, s, phase.dt)  # judged by whoever reads it (`Relaxation.converged`)
+            plain_last = not start and boxed  # one step in all: the plain first step
+            new = (first if plain_last else step)(phase.steps - 1, s)
+            moved = new if noise is None else (drift_first if plain_last else drift)(phase.steps - 1, s)
+            residual = _speed(moved, s, phase.dt)  # judged by whoever reads it (`Relaxation.converged`)
             return self._finish(new, x, jnp.asarray(phase.steps), jnp.asarray(OK), residual)
-        tol = phase.tol
+        tol = tolerance(phase)
 
         def cond(c):
             i, _, r = c
@@ -151,18 +174,24 @@ class Relaxer:
         def body(c):
             i, s, _ = c
             new = step(i, s)
-            return i + 1, new, _speed(new, s, phase.dt)
+            return i + 1, new, _speed(new if noise is None else drift(i, s), s, phase.dt)
 
         batch = next(iter(s0.values())).shape[0]
         start = (jnp.asarray(0), dict(s0), jnp.full((batch,), jnp.inf, jnp.real(next(iter(s0.values()))).dtype))
         if boxed:  # the first step, from states that may lie outside their bounds
             s1 = first(0, dict(s0))
-            start = (jnp.asarray(1), s1, _speed(s1, s0, phase.dt).astype(start[2].dtype))
+            moved = s1 if noise is None else drift_first(0, dict(s0))
+            start = (jnp.asarray(1), s1, _speed(moved, s0, phase.dt).astype(start[2].dtype))
         i, s, residual = lax.while_loop(cond, body, start)
         return self._finish(s, x, i, _judge(residual, tol), residual)
 
-    def trajectory(self, phase: PhaseSpec, params, x, s0, beta=None, y=None):
-        """Every step of a phase: ({population: (steps + 1, batch, size)}, energy (steps + 1, batch))."""
+    def drift_step(self, phase: PhaseSpec, params, x, s, beta=None, y=None, i=0):
+        """The state after one step of `phase` from `s` without noise (its residual's numerator)."""
+        return self._step(phase, params, x, self.fns.drives(params, x), beta, y)(i, s)
+
+    def trajectory(self, phase: PhaseSpec, params, x, s0, beta=None, y=None, key=None):
+        """Every step of a phase: ({population: (steps + 1, batch, size)}, energy (steps + 1, batch));
+        a noisy phase with the noise of `key` (as `run`)."""
         fns = self.fns
         if getattr(fns, "vector_field", False):  # no energy: record zeros
             def per_example(s1, x1):
@@ -185,7 +214,7 @@ class Relaxer:
                 return self.follow(phase, s, u)
         else:
             drives = fns.drives(params, x)
-            step = self._step(phase, params, x, drives, beta, y)
+            step = self._step(phase, params, x, drives, beta, y, increments(self.amplitudes, phase, key, s0))
 
         def body(s, i):
             new = step(i, s)
@@ -209,13 +238,17 @@ class Relaxer:
             residual = jnp.zeros(batch, jnp.real(first).dtype if first is not None else jnp.zeros(()).dtype)
         return Relaxation({**x, **s}, steps, code, residual)
 
-    def _step(self, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozenset()):
+    def _step(self, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozenset(), noise=None):
         """One step `(i, s) -> s'` of `phase`'s integrator (`primitives.INTEGRATORS`); `boxed`:
-        populations whose states the step may read as their rates (see `_boxed`)."""
-        impl = P.INTEGRATORS[phase.integrator].load()
+        populations whose states the step may read as their rates (see `_boxed`); `noise(i)`
+        gives a noisy step's increments (integrators that provide `noise` take it)."""
+        make = P.INTEGRATORS[phase.integrator].load()
+        kw = {}
         if boxed:
-            return impl(self.fns, phase, params, x, drives, beta, y, boxed=boxed)
-        return impl(self.fns, phase, params, x, drives, beta, y)
+            kw["boxed"] = boxed
+        if noise is not None:
+            kw["noise"] = noise
+        return make(self.fns, phase, params, x, drives, beta, y, **kw)
 
     def _boxed(self, phase: PhaseSpec, s0) -> frozenset:
         """The free populations of `s0` whose ρ is the identity within their bounds
@@ -325,18 +358,21 @@ def _judge(residual, tol) -> Array:
 
 
 # ------------------------------------------------------------------ integrators --
-def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozenset()):
+def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozenset(), noise=None):
     """`INTEGRATORS["euler"]`: s ← P(s − dt (∂E/∂s + β ∂C/∂s)) on an energy, or
-    s ← P(s + dt ds/dt) on a vector field (P: the projection onto the state bounds).
+    s ← P(s + dt ds/dt) on a vector field (P: the projection onto the state bounds); with
+    `noise`, the increment σ√dt ξ of each noisy state is added before P (Euler–Maruyama).
     `boxed` (energy only): populations whose states lie within their bounds, where ρ is the
     identity, so that their rates are their states (complex states are never projected:
     there ρ is applied)."""
     dt = phase.dt
+    noise = noise or (lambda i: None)
     if getattr(fns, "vector_field", False):
         def force(s, i):  # cell ODEs may read `t`, the time in the phase; perturbations the phase
             return fns.force(s, params, x, drives, beta, y, t=i * dt, phase=phase)
 
-        return lambda i, s: fns.project({n: v + dt * f for (n, v), f in zip(s.items(), force(s, i).values())})
+        return lambda i, s: fns.project(add({n: v + dt * f for (n, v), f in zip(s.items(), force(s, i).values())},
+                                            noise(i)))
 
     def total(s, boxed):
         E = fns.energy(s, params, x, drives, boxed=boxed)
@@ -345,15 +381,17 @@ def euler_step(fns, phase: PhaseSpec, params, x, drives, beta, y, boxed=frozense
     def step(i, s):
         holo = any(jnp.iscomplexobj(v) for v in s.values())
         g = jax.grad(lambda s: total(s, () if holo else boxed), holomorphic=holo)(s)
-        return fns.project({n: s[n] - dt * g[n] for n in s})
+        return fns.project(add({n: s[n] - dt * g[n] for n in s}, noise(i)))
 
     return step
 
 
-def prototypical_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
+def prototypical_step(fns, phase: PhaseSpec, params, x, drives, beta, y, noise=None):
     """`INTEGRATORS["prototypical"]`: the state read as a rate r, r ← P((1 − dt) r + dt ρ(−∂Φ/∂r))
-    with Φ the energy without its ½|s|² (Ernoult et al. 2019; dt = 1: r ← ρ(−∂Φ/∂r))."""
+    with Φ the energy without its ½|s|² (Ernoult et al. 2019; dt = 1: r ← ρ(−∂Φ/∂r)); with
+    `noise`, + σ√dt ξ before P."""
     dt = phase.dt
+    noise = noise or (lambda i: None)
 
     def total(s):
         E = fns.energy(s, params, x, drives, leak=False, rates_are_states=True)
@@ -365,7 +403,7 @@ def prototypical_step(fns, phase: PhaseSpec, params, x, drives, beta, y):
         target = {n: fns.act[n](-g[n]) for n in s}
         if dt != 1.0:
             target = {n: s[n] + dt * (target[n] - s[n]) for n in s}
-        return fns.project(target)
+        return fns.project(add(target, noise(i)))
 
     return step
 
