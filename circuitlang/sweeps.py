@@ -37,7 +37,6 @@ import dataclasses
 import io
 import itertools
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -320,7 +319,7 @@ def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member]
         key0 = jax.random.key(0)
         args_epoch = _abstract((one(hyper), one(params), one(opt_state), key0, X, Y, L, one(P)))
         args_eval = _abstract((one(hyper), one(params), Xt, Yt, Lt, one(Pt)))
-        for settings_k, m in models.items():
+        for m in models.values():
             if m is not base:
                 _same_program(prog, build(m), args_epoch, args_eval, ", ".join(keys))
 
@@ -455,7 +454,7 @@ def _save(out: Path, dirs, group, params, opt_state, P, Pt, histories, plot: boo
     repeats the epoch, bit for bit), then the summary."""
     host = jax.tree_util.tree_map(np.asarray, (params, opt_state, P, Pt))
     for k, d in enumerate(dirs):
-        member = jax.tree_util.tree_map(lambda a: a[k], host)
+        member = jax.tree_util.tree_map(lambda a, k=k: a[k], host)
         T._save_epoch(d, *member, histories[k], plot)
     rows = [list(r) for r in zip(*histories)]
     atomic_write(out / "checkpoint.npz", T._checkpoint_bytes(*host, rows))
