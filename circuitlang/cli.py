@@ -111,7 +111,14 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="digits", metavar="SPEC", help=_DATA_HELP)
     t.add_argument("--epochs", type=_POSITIVE, metavar="N", help="default: the file's `epochs`, else 10")
     t.add_argument("--out", metavar="DIR", help="where params, metrics and plots go (default runs/NAME)")
-    t.add_argument("--seed", type=_SEED, default=0, help="seeds the initialisation and the batches' order (default 0)")
+    t.add_argument("--seed", type=_SEED, help="seeds the initialisation and the batches' order (default 0)")
+    t.add_argument("--seeds", metavar="S-S|S,S,...",
+                   help="train one member per seed (0-4, or 0,3,7) in one compiled program; "
+                        "--out DIR gets DIR/seed-S/ per member and DIR/summary.csv, .json, .png")
+    t.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="train one member per value, all in one compiled program (with --seeds: every "
+                        "value with every seed); KEY: a param, phase.NAME.beta, phase.NAME.dt, optimizer.lr, "
+                        "optimizer.lr.WEIGHT, optimizer.weight_decay, optimizer.momentum, optimizer.b1/b2/eps")
     again = t.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     again.add_argument("--force", action="store_true",
@@ -435,11 +442,13 @@ def _train(args) -> int:
 
     if args.health:
         args.settings = [*args.settings, f"learn.health={args.health}"]
+    if args.seeds is not None or args.sweep:
+        return _train_sweep(args)
     model = _model(args)
     data = _data(args.data)
     out = args.out or f"runs/{model.spec.name}"
     result = train(
-        model, data, args.epochs, seed=args.seed, out=out, resume=args.resume, devices=args.devices,
+        model, data, args.epochs, seed=args.seed or 0, out=out, resume=args.resume, devices=args.devices,
         method=args.estimator, progress=not args.no_progress, data_spec=args.data, augment=args.augment,
         force=args.force,
     )
@@ -449,6 +458,44 @@ def _train(args) -> int:
         parts.append(f"converged {last['converged']:.0%} of the last epoch's examples")
     print(f"trained {model.spec.name} for {len(result.history)} epochs: " + ", ".join(parts))
     print(f"wrote {out}/params.npz, metrics.csv, metrics.json, curves.png, run.json")
+    return 0
+
+
+def _train_sweep(args) -> int:
+    """`train --seeds` / `--sweep`: every member in one program (`sweeps.py`)."""
+    from . import sweeps
+
+    if args.seeds is not None and args.seed is not None:
+        raise _Usage("circuitc: error: give --seed or --seeds, not both")
+    try:
+        seeds = sweeps.parse_seeds(args.seeds) if args.seeds is not None else [args.seed or 0]
+        swept = [sweeps.parse_sweep(s) for s in args.sweep]
+        group = sweeps.members(seeds, swept)
+    except ValueError as exc:
+        raise _Usage(f"circuitc: error: {exc}") from None
+    settings = _settings(args)
+    for key, _ in swept:
+        why = sweeps.refusal(key)
+        if why:
+            raise _Usage(f"circuitc: error: {why}")
+        if key in settings:
+            raise _Usage(f"circuitc: error: --sweep {key} and --set {key}: give the key once")
+    circ = load(args.file)
+    data = _data(args.data)
+    out = args.out or f"runs/{circ.spec.name}-sweep"
+    results = sweeps.train_sweep(
+        circ, settings, data, group, args.epochs, out=out, resume=args.resume, force=args.force,
+        devices=args.devices, method=args.estimator, progress=not args.no_progress, data_spec=args.data,
+        augment=args.augment,
+    )
+    for mb, result in zip(group, results):
+        last = result.history[-1] if result.history else {}
+        parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy", "test_mse") if k in last]
+        print(f"{mb.name}: " + ", ".join(parts))
+    print(f"trained {len(group)} members of {circ.spec.name} in one program for "
+          f"{len(results[0].history)} epochs")
+    print(f"wrote {out}/MEMBER/ (params.npz, metrics.csv, ...) for each member, "
+          f"{out}/summary.csv, summary.json, summary.png")
     return 0
 
 

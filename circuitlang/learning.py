@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from . import primitives as P
+from .optim import nonzero
 
 __all__ = ["estimate", "estimate_with_state", "estimate_with_info"]
 
@@ -201,7 +202,7 @@ def rules(model, params, x, y, beta, key, s0):
     first = None
     info = {}
     for ph in model.learning.phases:
-        b = ph.beta if ph.beta != 0 else None
+        b = ph.beta if nonzero(ph.beta) else None
         if b is not None and beta is not None:
             b = beta
         if ph.steps is None and ph.present is not None:

@@ -12,6 +12,7 @@ un-jitted versions (`_relax`, `_estimate`, ...) are what `train` scans over.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from . import primitives as P
 from .check.estimators import estimator_problems
 from .circuit import Circuit
 from .errors import CircuitError
-from .graph import PhaseSpec
+from .graph import OptimizerSpec, PhaseSpec
 from .layout import describe, from_flat, from_internal, internal, to_internal
 from .lower.exprs import Evaluator
 from .lower.init import initialize
@@ -34,10 +35,16 @@ from .lower.relax import Relaxation, Relaxer
 from .ops import OPS
 from .rules import RuleProgram
 
-__all__ = ["Model", "compile"]
+__all__ = ["Model", "compile", "HYPER_PHASE", "HYPER_OPTIMIZER"]
 
 Array = Any
 DEFAULT_FREE = PhaseSpec("free", 100, 0.1, 0.0, False, None, None, "euler", None, None)
+
+
+# the settings `bind` can make traced values (`circuitc train --sweep`): numbers the program
+# multiplies by, never a shape, a loop's length or a choice between programs
+HYPER_PHASE = ("beta", "dt")
+HYPER_OPTIMIZER = ("lr", "weight_decay", "momentum", "b1", "b2", "eps")
 
 
 def compile(circ: Circuit, overrides: Mapping[str, Any] | None = None) -> "Model":  # noqa: A001
@@ -94,6 +101,60 @@ class Model:
         }
         self._jit: dict[str, Any] = {}
         self.rules = RuleProgram(self) if rules else None
+
+    def bind(self, hyper: Mapping[str, Any]) -> "Model":
+        """This model with some settings replaced by (traced) values: one program for many
+        members of a sweep (`sweeps.py`). `hyper` maps `--set` keys to values: a `param`
+        name, `phase.NAME.beta` / `phase.NAME.dt`, or `optimizer.SETTING` (`lr`,
+        `lr.WEIGHT`, `weight_decay`, `momentum`, `b1`, `b2`, `eps`), with the meaning they
+        have for `--set`. Everything else is this model's own, so whoever binds must check
+        that a member's model differs from this one in nothing else (`sweeps.py` compares
+        their programs)."""
+        if not hyper:
+            return self
+        m = copy.copy(self)
+        m._jit = {}
+        params = {k: v for k, v in hyper.items() if "." not in k}
+        phases: dict[str, dict[str, Any]] = {}
+        opt: dict[str, Any] = {}
+        for key, v in hyper.items():
+            parts = key.split(".")
+            if parts[0] == "phase" and len(parts) == 3 and parts[2] in HYPER_PHASE:
+                phases.setdefault(parts[1], {})[parts[2]] = v
+            elif parts[0] == "optimizer" and len(parts) >= 2 and parts[1] in HYPER_OPTIMIZER:
+                opt[".".join(parts[1:])] = v
+            elif "." in key:
+                raise ValueError(f"bind: {key} is not a setting a sweep can trace")
+        if params:
+            m.ev = Evaluator(self.spec.functions, {**self.spec.params, **params}, jnp)
+            m.fns = P.LOWERINGS[self.lowering].load()(self.spec, self.circuit.populations,
+                                                      self.circuit.connections, m.ev)
+            m.relaxer = Relaxer(m.fns, self.circuit.graph, self.circuit.source,
+                                prospective=bool(self.learning and self.learning.prospective))
+        learn = self.learning
+        if phases or opt:
+            new = lambda p: dataclasses.replace(p, **phases[p.name]) if p.name in phases else p  # noqa: E731
+            optimizer = learn.optimizer
+            if opt:
+                optimizer = optimizer or OptimizerSpec("sgd", None, {}, {}, learn.span)
+                lr, per, settings = optimizer.lr, dict(optimizer.lr_per_param), dict(optimizer.settings)
+                if "lr" in opt:  # as `--set optimizer.lr`: every rate, the per-weight ones dropped
+                    lr, per = opt["lr"], {}
+                per.update({k[3:]: v for k, v in opt.items() if k.startswith("lr.")})
+                settings.update({k: v for k, v in opt.items() if k != "lr" and not k.startswith("lr.")})
+                optimizer = dataclasses.replace(optimizer, lr=lr, lr_per_param=per, settings=settings)
+            m.learning = dataclasses.replace(learn, phases=tuple(new(p) for p in learn.phases), optimizer=optimizer)
+            m.phases = {k: new(p) for k, p in self.phases.items()}
+            free = phases.get(self.free_phase.name, {})
+            if self.free_phase.beta != learn.phases[0].beta:  # an always-nudged phase relaxes un-nudged
+                free = {k: v for k, v in free.items() if k != "beta"}
+            m.free_phase = dataclasses.replace(self.free_phase, **free)
+            m.nudge_phase = self.nudge_phase and new(self.nudge_phase)
+            m.clamp_phase = self.clamp_phase and new(self.clamp_phase)
+            m.streaming = self.streaming and new(self.streaming)
+        if self.rules is not None:
+            m.rules = RuleProgram(m)
+        return m
 
     def check_estimator(self, method: str, beta_given: bool = False) -> None:
         """Raise the checker's located error when `method` cannot work on this circuit

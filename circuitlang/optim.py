@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import optax
 
 from . import primitives as P
 from .graph import OptimizerSpec
 
-__all__ = ["make_optimizer", "rates", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
+__all__ = ["make_optimizer", "nonzero", "rates", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
 
 DEFAULT_LR = 0.01
 RULES_LR = 1.0  # `learn rules`: the rules' own constants set the step; SGD applies them as written
@@ -39,19 +40,27 @@ def _schedule(spec: OptimizerSpec | None, lr: float, total_steps: int):
     return lr
 
 
+def nonzero(v) -> bool:
+    """Whether a setting is on: a number other than 0, or a traced value (a swept setting,
+    `Model.bind`; `sweeps.py` checks that every member's program is the same, so a member
+    with the setting off is refused rather than run with it on)."""
+    return isinstance(v, jax.core.Tracer) or bool(v != 0)
+
+
 def sgd(rate, settings: Mapping[str, object]) -> optax.GradientTransformation:
     """`OPTIMIZERS["sgd"]`: optax SGD, heavy-ball or Nesterov momentum, L2 weight decay added to the gradient."""
-    momentum = settings.get("momentum") or None
-    out = optax.sgd(rate, momentum=momentum, nesterov=bool(settings.get("nesterov", False)))
+    momentum = settings.get("momentum", 0.0)
+    out = optax.sgd(rate, momentum=momentum if nonzero(momentum) else None,
+                    nesterov=bool(settings.get("nesterov", False)))
     decay = settings.get("weight_decay", 0.0)
-    return optax.chain(optax.add_decayed_weights(decay), out) if decay else out
+    return optax.chain(optax.add_decayed_weights(decay), out) if nonzero(decay) else out
 
 
 def adam(rate, settings: Mapping[str, object]) -> optax.GradientTransformation:
     """`OPTIMIZERS["adam"]`: optax Adam, AdamW with `weight_decay`."""
     kw = {k: settings[k] for k in ("b1", "b2", "eps") if k in settings}
     decay = settings.get("weight_decay", 0.0)
-    return optax.adamw(rate, weight_decay=decay, **kw) if decay else optax.adam(rate, **kw)
+    return optax.adamw(rate, weight_decay=decay, **kw) if nonzero(decay) else optax.adam(rate, **kw)
 
 
 def _one(spec: OptimizerSpec | None, lr: float, total_steps: int) -> optax.GradientTransformation:
@@ -72,7 +81,9 @@ def rates(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
 def make_optimizer(spec: OptimizerSpec | None, trainable: Mapping[str, bool],
                    total_steps: int, default_lr: float = DEFAULT_LR) -> optax.GradientTransformation:
     """One optax transformation for the whole params dict, each parameter at its rate (`rates`)."""
-    lr = rates(spec, trainable, default_lr)
+    base = spec.lr if (spec and spec.lr is not None) else default_lr
+    per = dict(spec.lr_per_param) if spec else {}
+    lr = {name: per.get(name, base) for name in trainable}  # `rates`, without float(): a swept rate is traced
     transforms = {}
     labels = {}
     for name, learns in trainable.items():

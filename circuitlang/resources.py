@@ -211,9 +211,11 @@ def _states_per_example(model: Any) -> int:
 
 
 def estimate(model: Any, verb: str, *, batch: int, data: Any = None, itemsize: int = 4,
-             method: str | None = None, eval_chunk: int = 1000, split: str = "test") -> Estimate:
+             method: str | None = None, eval_chunk: int = 1000, split: str = "test", members: int = 1) -> Estimate:
     """The memory `verb` ("train", "evaluate", "simulate", "verify", "experiment") will hold on a
-    batch of `batch` examples (see the module docstring for what is counted)."""
+    batch of `batch` examples (see the module docstring for what is counted); a sweep of
+    `members` (`sweeps.py`) holds each member's parameters, optimizer state, states and
+    evaluation at once, and the data once."""
     n_params = sum(math.prod(s) for s in model.shapes.values())
     states = _states_per_example(model)
     steps = max((p.steps or p.present or 1) for p in model.phases.values()) if model.phases else 1
@@ -241,6 +243,9 @@ def estimate(model: Any, verb: str, *, batch: int, data: Any = None, itemsize: i
         parts["parameters"] = n_params * itemsize * (1 if verb == "simulate" else 4)
         recorded = steps if verb == "simulate" else RELAXATION_COPIES
         parts[f"states of {batch} example{'s' if batch != 1 else ''}"] = batch * states * itemsize * (recorded + copies)
+    if members > 1:
+        parts = {(f"{k}, × {members} members" if k not in ("data", "runtime") else k): v * (members if k != "data" else 1)
+                 for k, v in parts.items()}
     parts["runtime"] = RUNTIME_BYTES
     largest = max(model.state_keys, key=model.size_of) if model.state_keys else None
     return Estimate(verb, parts, batch, largest)

@@ -47,7 +47,7 @@ from . import __version__, health, learning, resources
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
-from .optim import DEFAULT_LR, RULES_LR, make_optimizer, rates
+from .optim import DEFAULT_LR, RULES_LR, make_optimizer, nonzero, rates
 from .rundir import atomic_write as _atomic_write
 from .rundir import claim
 
@@ -175,12 +175,13 @@ def _targets(data, y):
 
 
 def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bool, shard: Callable,
-                augment: tuple[str, ...] = ()):
+                augment: tuple[str, ...] = (), jit: bool = True):
     """The jitted epoch: (params, opt_state, key, X, Y, labels, P) -> (..., loss, accuracy, P).
 
     `X` is in the compiled layout (batch, H, W, C for images). `P` holds each
     training example's last free state (persistent particles) or is empty.
     `augment` names random augmentations applied to each batch (`augment.py`).
+    `jit=False`: the plain function (`sweeps.py` maps it over the members of a sweep).
     """
     nb = n // batch
 
@@ -219,17 +220,17 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
         fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 6), compiler_options=compiler_options()), nb
+    return (jax.jit(epoch, donate_argnums=(0, 1, 6), compiler_options=compiler_options()) if jit else epoch), nb
 
 
-def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, shard: Callable):
+def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, shard: Callable, jit: bool = True):
     """The jitted epoch of a streaming phase (`present N`): `batch` parallel streams
     see the shuffled training set, each sample for N steps, with no reset between
     samples (`P` carries the streams' state across batches and epochs), and the
     rules change the weights at every step (through the file's optimizer, if any)."""
     nb = n // batch
     phase = model.streaming
-    beta = phase.beta if phase.beta != 0 else None
+    beta = phase.beta if nonzero(phase.beta) else None
 
     def epoch(params, opt_state, key, X, Y, labels, P):
         idx = jax.random.permutation(key, n)[: nb * batch].reshape(nb, batch)
@@ -254,10 +255,10 @@ def _make_stream_epoch(model: Model, opt, n: int, batch: int, classify: bool, sh
         fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
-    return jax.jit(epoch, donate_argnums=(0, 1, 6), compiler_options=compiler_options()), nb
+    return (jax.jit(epoch, donate_argnums=(0, 1, 6), compiler_options=compiler_options()) if jit else epoch), nb
 
 
-def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int = 0):
+def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int = 0, jit: bool = True):
     """The jitted evaluation: (params, X, Y, labels, P, key) -> (loss, accuracy, P, health), in
     chunks; `health` holds the fraction of saturated units per free population
     (`saturated.POP`) and the counts of predicted classes (`classes`). A noisy circuit is
@@ -298,7 +299,7 @@ def _make_eval(model: Model, n: int, chunk: int, classify: bool, n_classes: int 
         fit = {k: (v if k == "classes" else v / (n * model.size_of(k.split(".", 1)[1]))) for k, v in fit.items()}
         return loss / n, correct / n, newP, fit
 
-    return jax.jit(evaluate, compiler_options=compiler_options())
+    return jax.jit(evaluate, compiler_options=compiler_options()) if jit else evaluate
 
 
 def _score(out, y, labels, classify: bool):
@@ -448,26 +449,14 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
             params, opt_state, loss, acc, P, fit = epoch_fn(params, opt_state, jax.random.fold_in(base, e), X, Y, L, P)
             loss = float(loss)
             seconds = time.perf_counter() - t0
-            row = {"epoch": e + 1, "train_loss": loss, "seconds": seconds}
-            if classify:
-                row["train_accuracy"] = float(acc)
-            else:
-                row["train_mse"] = float(acc) / data.output_size
-            classes = None
+            test = None
             if eval_fn is not None:
                 t1 = time.perf_counter()
                 # a noisy circuit's test noise: its own stream per epoch (`lower/noise.py`)
                 ekey = jax.random.fold_in(jax.random.fold_in(base, e), EVAL_TAG)
                 tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt, ekey)
-                row["test_loss"] = float(tl)
-                if classify:
-                    row["test_accuracy"] = float(ta)
-                else:
-                    row["test_mse"] = float(ta) / data.output_size
-                row["eval_seconds"] = time.perf_counter() - t1
-                classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
-                fit = {**fit, **tfit}
-            row.update({k: float(v) for k, v in sorted(fit.items())})
+                test = (tl, ta, tfit, time.perf_counter() - t1)
+            row, classes = epoch_row(data, e, loss, acc, seconds, fit, test)
             if not np.isfinite(loss):
                 # name the population whose state blew up, with its line, when the relaxation shows it
                 model.relax_result(params, X[:batch], None, layout="compiled")
@@ -486,6 +475,31 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
                 on_epoch(row)
             _postfix(bar, row)
         return TrainResult(params, history, out_dir)
+
+
+def epoch_row(data, e: int, loss, acc, seconds: float, fit: dict, test=None) -> tuple[dict, Any]:
+    """An epoch's row of `metrics.csv` and the test split's predicted classes (or None), from
+    what the epoch and the evaluation (`test`: loss, accuracy, health, seconds) returned."""
+    classify = data.n_classes is not None
+    row = {"epoch": e + 1, "train_loss": float(loss), "seconds": seconds}
+    if classify:
+        row["train_accuracy"] = float(acc)
+    else:
+        row["train_mse"] = float(acc) / data.output_size
+    classes = None
+    if test is not None:
+        tl, ta, tfit, eval_seconds = test
+        tfit = dict(tfit)
+        row["test_loss"] = float(tl)
+        if classify:
+            row["test_accuracy"] = float(ta)
+        else:
+            row["test_mse"] = float(ta) / data.output_size
+        row["eval_seconds"] = eval_seconds
+        classes = np.asarray(tfit.pop("classes")) if "classes" in tfit else None
+        fit = {**fit, **tfit}
+    row.update({k: float(v) for k, v in sorted(fit.items())})
+    return row, classes
 
 
 def _check_health(model: Model, row: dict, classes, policy: str, warned: set[str], bar) -> None:
@@ -559,15 +573,7 @@ def _postfix(bar, row: dict) -> None:
 
 # ------------------------------------------------------------- checkpointing --
 def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True) -> None:
-    leaves = jax.tree_util.tree_leaves(opt_state)
-    arrays = {f"params/{k}": np.asarray(v) for k, v in params.items()}
-    arrays.update({f"particles/train/{k}": np.asarray(v) for k, v in P.items()})
-    arrays.update({f"particles/test/{k}": np.asarray(v) for k, v in Pt.items()})
-    arrays.update({f"opt/{i}": np.asarray(v) for i, v in enumerate(leaves)})
-    arrays["epoch"] = np.asarray(len(history))
-    # the history travels with the checkpoint, so a kill between the two files cannot desynchronise them
-    arrays["history"] = np.asarray(json.dumps(history))
-    _atomic_write(out / "checkpoint.npz", _npz_bytes(arrays))
+    _atomic_write(out / "checkpoint.npz", _checkpoint_bytes(params, opt_state, P, Pt, history))
     save_params(params, out / "params.npz")
     _atomic_write(out / "metrics.json", json.dumps(history, indent=2).encode())
     buf = io.StringIO()
@@ -578,6 +584,19 @@ def _save_epoch(out: Path, params, opt_state, P, Pt, history, plot: bool = True)
     _atomic_write(out / "metrics.csv", buf.getvalue().encode())
     if plot:
         _plot(out, history)
+
+
+def _checkpoint_bytes(params, opt_state, P, Pt, history) -> bytes:
+    """`checkpoint.npz`: what `_restore` reads back (a sweep's holds every member, stacked)."""
+    leaves = jax.tree_util.tree_leaves(opt_state)
+    arrays = {f"params/{k}": np.asarray(v) for k, v in params.items()}
+    arrays.update({f"particles/train/{k}": np.asarray(v) for k, v in P.items()})
+    arrays.update({f"particles/test/{k}": np.asarray(v) for k, v in Pt.items()})
+    arrays.update({f"opt/{i}": np.asarray(v) for i, v in enumerate(leaves)})
+    arrays["epoch"] = np.asarray(len(history))
+    # the history travels with the checkpoint, so a kill between the two files cannot desynchronise them
+    arrays["history"] = np.asarray(json.dumps(history))
+    return _npz_bytes(arrays)
 
 
 def _restore(out: Path, params, opt_state, P, Pt, manifest):
