@@ -264,15 +264,7 @@ def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member]
             what = next(iter(dict(k)), "")
             raise CircuitError(f"--sweep {what}: its values give circuits of different shapes or batches; "
                                "sweep it as separate trainings (--set)")
-    method = method or base.method
-    if method != base.method:
-        base.check_estimator(method)
-    if isinstance(augment, str):
-        from .augment import parse_augment
-
-        augment = parse_augment(augment)
-    augment = tuple(augment)
-    epochs = epochs if epochs is not None else (learn.epochs or 10)
+    method, augment, epochs = T.run_settings(base, method, augment, epochs)
     batch, n, M = learn.batch, len(data.x_train), len(group)
     if batch > n:
         raise CircuitError(f"batch {batch} is larger than the training set ({n} examples)")

@@ -356,6 +356,23 @@ def _sharding(devices: int):
 
 
 # -------------------------------------------------------------------- driver --
+def run_settings(model: Model, method: str | None, augment: tuple[str, ...] | str, epochs: int | None):
+    """A training's estimator (checked when it is not the file's), augmentations (parsed from
+    "crop,flip") and epochs (the file's, else 10), for `train` and `sweeps.train`."""
+    learn = model.learning
+    if learn is None:
+        raise CircuitError("this circuit has no `learn` block, so it cannot be trained")
+    method = method or model.method
+    if method != model.method:
+        model.check_estimator(method)
+    if isinstance(augment, str):
+        from .augment import parse_augment
+
+        augment = parse_augment(augment)
+    return method, tuple(augment), epochs if epochs is not None else (learn.epochs or 10)
+
+
+
 def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: str | Path | None = None,
           resume: bool = False, devices: int = 1, method: str | None = None, progress: bool = True,
           data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None,
@@ -371,17 +388,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     (delete its files and start over).
     """
     learn = model.learning
-    if learn is None:
-        raise CircuitError("this circuit has no `learn` block, so it cannot be trained")
-    method = method or model.method
-    if method != model.method:
-        model.check_estimator(method)
-    if isinstance(augment, str):
-        from .augment import parse_augment
-
-        augment = parse_augment(augment)
-    augment = tuple(augment)
-    epochs = epochs if epochs is not None else (learn.epochs or 10)
+    method, augment, epochs = run_settings(model, method, augment, epochs)
     batch = learn.batch
     n = len(data.x_train)
     if batch > n:

@@ -257,21 +257,25 @@ perturb quiet : s1 silence during nudge[2:6] fraction=0.5 seed=1
 
 
 # ------------------------------------------------------ the talk's predictions --
-@pytest.fixture(scope="module")
-def mirror_experiment():
-    """The mirror-interneuron circuit trained as the README's (60 epochs, seed 0), then the
-    README's conditions on 64 test digits."""
+def _trained_experiment(name: str, quiet: str, stim: str):
+    """`examples/NAME.circ` trained as the README's (its own epochs, seed 0), then the
+    README's conditions on 64 test digits: rows by condition, and the trained params."""
     from circuitlang import experiment as E
     from circuitlang.data import load as load_data
 
-    circ = cl.load(ROOT / "examples" / "mirror_interneurons.circ")
+    circ = cl.load(ROOT / "examples" / f"{name}.circ")
     data = load_data("digits")
     params = cl.train(cl.compile(circ, {"learn.health": "ignore"}), data, seed=0, progress=False).params
     x = jnp.asarray(data.x_test[:64])
     y = jnp.asarray(data.targets(data.y_test[:64]).astype("float32"))
-    conds = E.conditions(circ, ["quiet_mirror"], "stim_mirror.size=0.25,0.5,1,2", ["data", "prediction"])
+    conds = E.conditions(circ, [quiet], f"{stim}.size=0.25,0.5,1,2", ["data", "prediction"])
     rows, _ = E.run(circ, params, x, y, conds)
     return {r["condition"]: r for r in rows}, params
+
+
+@pytest.fixture(scope="module")
+def mirror_experiment():
+    return _trained_experiment("mirror_interneurons", "quiet_mirror", "stim_mirror")
 
 
 @pytest.mark.slow
@@ -313,19 +317,7 @@ def test_prediction_d_the_nudge_and_the_next_trial_lower_the_cost(mirror_experim
 
 @pytest.fixture(scope="module")
 def dendritic_experiment():
-    """The dendritic microcircuit trained as the README's (100 epochs, seed 0), then the
-    README's conditions on 64 test digits."""
-    from circuitlang import experiment as E
-    from circuitlang.data import load as load_data
-
-    circ = cl.load(ROOT / "examples" / "dendritic_microcircuit.circ")
-    data = load_data("digits")
-    params = cl.train(cl.compile(circ, {"learn.health": "ignore"}), data, seed=0, progress=False).params
-    x = jnp.asarray(data.x_test[:64])
-    y = jnp.asarray(data.targets(data.y_test[:64]).astype("float32"))
-    conds = E.conditions(circ, ["quiet_inter"], "stim_inter.size=0.25,0.5,1,2", ["data", "prediction"])
-    rows, _ = E.run(circ, params, x, y, conds)
-    return {r["condition"]: r for r in rows}
+    return _trained_experiment("dendritic_microcircuit", "quiet_inter", "stim_inter")[0]
 
 
 @pytest.mark.slow
