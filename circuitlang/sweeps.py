@@ -365,7 +365,7 @@ def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member]
                 # each member's test noise, as a lone run with its seed draws it (`training.EVAL_TAG`)
                 ekeys = put_members(jnp.stack([jax.random.fold_in(jax.random.fold_in(b, e), T.EVAL_TAG)
                                                for b in bases]))
-                tl, ta, Pt, tfit = eval_fn(hyper, params, Xt, Yt, Lt, Pt, ekeys)
+                tl, ta, Pt, tfit = jax.block_until_ready(eval_fn(hyper, params, Xt, Yt, Lt, Pt, ekeys))
                 test = (np.asarray(tl), np.asarray(ta), {k: np.asarray(v) for k, v in tfit.items()},
                         time.perf_counter() - t1)
             acc = np.asarray(acc)

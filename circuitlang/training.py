@@ -461,7 +461,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
                 t1 = time.perf_counter()
                 # a noisy circuit's test noise: its own stream per epoch (`lower/noise.py`)
                 ekey = jax.random.fold_in(jax.random.fold_in(base, e), EVAL_TAG)
-                tl, ta, Pt, tfit = eval_fn(params, Xt, Yt, Lt, Pt, ekey)
+                tl, ta, Pt, tfit = jax.block_until_ready(eval_fn(params, Xt, Yt, Lt, Pt, ekey))
                 test = (tl, ta, tfit, time.perf_counter() - t1)
             row, classes = epoch_row(data, e, loss, acc, seconds, fit, test)
             if not np.isfinite(loss):
