@@ -74,6 +74,9 @@ def _betas(text: str) -> list[float]:
     return betas
 
 
+# the verbs that compile a program, and so use JAX's persistent compilation cache
+_COMPILING = ("train", "evaluate", "simulate", "verify", "experiment")
+
 _DATA_HELP = ("digits (default), fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, "
               "synthetic[:k=v,...], npz:PATH")
 
@@ -196,7 +199,7 @@ def _build_parser() -> argparse.ArgumentParser:
     with_settings(cp)
     for verb, action in sub.choices.items():  # `circuitc verify FILE --debug` as well as `circuitc --debug verify`
         action.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show Python tracebacks")
-        if verb in ("train", "evaluate", "simulate", "verify", "experiment"):
+        if verb in _COMPILING:
             action.add_argument("--no-compile-cache", action="store_true",
                                 help="compile afresh, without JAX's persistent compilation cache "
                                      "(default: <cache>/jax, ~/.cache/circuitlang/jax or $CIRCUITLANG_CACHE/jax)")
@@ -258,7 +261,7 @@ def _compilation_cache(args) -> None:
     `CIRCUITLANG_CACHE=off`, turns it off). JAX keys each program by its HLO, the compile
     options, the backend and JAX's version, so a changed file or setting compiles afresh.
     Set for every command, on or off, since JAX's setting outlives a `main()` called in-process."""
-    if args.command not in ("train", "evaluate", "simulate", "verify", "experiment"):
+    if args.command not in _COMPILING:
         return
     from .cachedir import cache_dir
 
@@ -453,12 +456,17 @@ def _train(args) -> int:
         force=args.force,
     )
     last = result.history[-1] if result.history else {}
-    parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy", "test_mse") if k in last]
+    parts = _last_epoch(last)
     if "converged" in last:
         parts.append(f"converged {last['converged']:.0%} of the last epoch's examples")
     print(f"trained {model.spec.name} for {len(result.history)} epochs: " + ", ".join(parts))
     print(f"wrote {out}/params.npz, metrics.csv, metrics.json, curves.png, run.json")
     return 0
+
+
+def _last_epoch(row: dict) -> list[str]:
+    """What `train` prints of an epoch's metrics."""
+    return [f"{k} {row[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy", "test_mse") if k in row]
 
 
 def _train_sweep(args) -> int:
@@ -489,9 +497,7 @@ def _train_sweep(args) -> int:
         augment=args.augment,
     )
     for mb, result in zip(group, results):
-        last = result.history[-1] if result.history else {}
-        parts = [f"{k} {last[k]:.4f}" for k in ("train_loss", "test_loss", "test_accuracy", "test_mse") if k in last]
-        print(f"{mb.name}: " + ", ".join(parts))
+        print(f"{mb.name}: " + ", ".join(_last_epoch(result.history[-1] if result.history else {})))
     print(f"trained {len(group)} members of {circ.spec.name} in one program for "
           f"{len(results[0].history)} epochs")
     print(f"wrote {out}/MEMBER/ (params.npz, metrics.csv, ...) for each member, "

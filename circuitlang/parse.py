@@ -158,11 +158,12 @@ def _cached_parser(options: dict) -> lark.Lark | None:
 def _store_parser(parser: lark.Lark) -> None:
     import hashlib
     import json
-    import os
-    import tempfile
+    import time
 
     from lark.grammar import Rule
     from lark.lexer import TerminalDef
+
+    from .rundir import atomic_write
 
     path = _parser_cache()
     if path is None:
@@ -172,22 +173,14 @@ def _store_parser(parser: lark.Lark) -> None:
         # the post-lexer and the transformer are objects of ours, given back when it is loaded
         data["options"] = {k: v for k, v in data["options"].items() if k not in ("postlex", "transformer")}
         body = json.dumps({"data": data, "memo": memo})
-        text = f"{body}\n{hashlib.sha256(body.encode()).hexdigest()}"  # its own checksum, last
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
-        import time
-
+        # its own checksum last; atomic, so a concurrent reader sees the old file or the whole new one
+        atomic_write(path, f"{body}\n{hashlib.sha256(body.encode()).hexdigest()}".encode())
         for old in path.parent.glob("parser-*.json"):  # tables of other versions, unused for a month
             if old != path and old.stat().st_mtime < time.time() - 30 * 86400:
                 old.unlink()
-    except (OSError, TypeError, ValueError):  # a read-only home only costs the next run 0.3 s
-        try:
-            os.unlink(tmp)
-        except (OSError, UnboundLocalError):
-            pass
+    except (CircuitError, OSError, TypeError, ValueError):  # a read-only home only costs the next run 0.3 s
+        pass
 
 
 # one parse at a time: the post-lexer and the builder hold the state of the current one

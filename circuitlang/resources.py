@@ -243,8 +243,8 @@ def estimate(model: Any, verb: str, *, batch: int, data: Any = None, itemsize: i
         parts["parameters"] = n_params * itemsize * (1 if verb == "simulate" else 4)
         recorded = steps if verb == "simulate" else RELAXATION_COPIES
         parts[f"states of {batch} example{'s' if batch != 1 else ''}"] = batch * states * itemsize * (recorded + copies)
-    if members > 1:
-        parts = {(f"{k}, × {members} members" if k not in ("data", "runtime") else k): v * (members if k != "data" else 1)
+    if members > 1:  # the data are shared; everything else is each member's
+        parts = {k if k == "data" else f"{k}, × {members} members": v if k == "data" else v * members
                  for k, v in parts.items()}
     parts["runtime"] = RUNTIME_BYTES
     largest = max(model.state_keys, key=model.size_of) if model.state_keys else None

@@ -396,8 +396,9 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     if batch % max(devices, 1):
         raise CircuitError(f"batch {batch} does not split evenly over {devices} devices")
     check_sizes(model, data)
+    chunk = resources.eval_chunk(model, len(data.x_test))
     resources.require_run(resources.estimate(model, "train", batch=batch, data=data, method=method,
-                                             eval_chunk=resources.eval_chunk(model, len(data.x_test))), model)
+                                             eval_chunk=chunk), model)
     if augment and len(model.fns.pops[model.inputs[0]].shape) != 3:
         raise CircuitError(
             f"--augment {','.join(augment)} shifts and flips images, but the input `{model.inputs[0]}` is "
@@ -413,7 +414,6 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
         epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
         epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment)
-    chunk = resources.eval_chunk(model, len(data.x_test))
     eval_fn = _make_eval(model, len(data.x_test), chunk, classify, data.n_classes or 0) if len(data.x_test) else None
 
     X = _inputs(model, data.x_train)
