@@ -126,3 +126,128 @@ def test_dtp_example_matches_numpy_dtp():
     for k, v in want.items():
         assert np.abs(v).max() > 1e-3, k  # not trivially zero
         np.testing.assert_allclose(-np.asarray(g[k]), v, rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+# ------------------------------------------------------------ plain ties --
+TIE = """
+population a [3] input
+population b [4]
+population c [3]
+population d [4]
+population y [2] output
+neuron relay {
+  compartment in
+  ds/dt = -s + in
+}
+a -> b : W
+c -> d : V = W
+b -> y : W2 fixed
+dynamics leaky
+cost y squared
+learn rules {
+  phase free { steps 30; dt 0.5 }
+  during free: dV/dt = post.s * pre.s
+}
+"""
+
+
+def test_a_rule_on_a_plain_tie_updates_the_weight_it_is_tied_to():
+    """`c -> d : V = W` evaluates W on c; a rule on V reads V's own ends and updates W."""
+    text = TIE.replace("population c [3]", "population c [3] input")
+    model = cl.compile(cl.loads(text), overrides={"phase.free.steps": 1, "phase.free.dt": 1.0})
+    params = model.init(jax.random.key(0), jnp.float64)
+    rng = np.random.default_rng(0)
+    a, c = rng.uniform(-1, 1, (5, 3)), rng.uniform(-1, 1, (5, 3))
+    g = model.estimate(params, {"a": jnp.asarray(a), "c": jnp.asarray(c)}, jnp.zeros((5, 2)))
+    W = np.asarray(params["W"])
+    d1 = c @ W.T  # leaky, dt = 1, one step from 0: d = W c at the step's end, 0 at its start
+    want = 0.5 * (d1.T @ c) / 5  # the step's trapezoid: (0 + d1) / 2 times c
+    np.testing.assert_allclose(-np.asarray(g["W"]), want, rtol=1e-10)
+    assert set(g) == {"W", "W2"} and not np.any(np.asarray(g["W2"]))
+
+
+# ----------------------------------------------------------------- L-DRL --
+def _ldrl(**over):
+    return cl.compile(cl.load(ROOT / "examples" / "ldrl.circ"), overrides={"n_in": 6, "n_h": 8, **over})
+
+
+def _cos(a, b):
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _train_feedback(model, params, x, lab, steps, lr=0.01):
+    """Adam on the feedback weights only (the forward rules' eta is 0 in `model`)."""
+    import optax
+
+    opt = optax.adam(lr)
+    st = opt.init(params)
+
+    @jax.jit
+    def step(p, st, k):
+        g = model._estimate(p, x, lab, key=k)
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    for i in range(steps):
+        params, st = step(params, st, jax.random.key(i))
+    return params
+
+
+def _forward_jacobians(p, x):
+    """J_(F2) at each example (jax.jacobian of h1 -> tanh(W2 h1)) and J_(F3) = W3."""
+    h1 = jnp.tanh(x @ p["W1"].T)
+    J2 = jax.vmap(jax.jacobian(lambda h: jnp.tanh(p["W2"] @ h)))(h1)
+    return np.asarray(J2), np.asarray(p["W3"])
+
+
+def _backprop(p, x, lab):
+    """-dC/dW of C = 1/2 |y - label|^2 summed over the batch, by autodiff of the forward net."""
+    def cost(p):
+        y = jnp.tanh(jnp.tanh(x @ p["W1"].T) @ p["W2"].T) @ p["W3"].T
+        return 0.5 * jnp.sum((y - lab) ** 2)
+    return jax.grad(cost)({k: p[k] for k in ("W1", "W2", "W3")})
+
+
+def test_ldrl_feedback_learns_the_transposed_forward_jacobian_and_aligns_with_backprop():
+    model = _ldrl(eta=0.0, sigma=0.05)
+    params = model.init(jax.random.key(0), jnp.float64)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (32, 6)))
+    lab = jnp.asarray(np.eye(10)[rng.integers(0, 10, 32)])
+    J2, J3 = _forward_jacobians(params, x)
+    before = _cos(params["V2"], J2.mean(0).T), _cos(params["V3"], J3.T)
+    trained = _train_feedback(model, params, x, lab, 150, lr=0.02)
+    assert all(np.array_equal(trained[k], params[k]) for k in ("W1", "W2", "W3"))  # eta = 0
+    after = _cos(trained["V2"], J2.mean(0).T), _cos(trained["V3"], J3.T)
+    per_example = float(np.mean([_cos(trained["V2"], J.T) for J in J2]))
+    print(f"cos(V, J_F^T): before {before}, after {after}; V2 vs each example's J^T: {per_example:.4f}")
+    assert max(before) < 0.5
+    assert after[0] > 0.97 and after[1] > 0.97 and per_example > 0.9
+
+    # the forward update the learned feedback gives, against backprop's gradient
+    full = _ldrl(sigma=0.05)
+    bp = _backprop(trained, x, lab)
+    g = full._estimate(trained, x, lab, key=jax.random.key(7))
+    g0 = full._estimate(params, x, lab, key=jax.random.key(7))
+    cos_after = {k: _cos(g[k], bp[k]) for k in bp}
+    cos_before = {k: _cos(g0[k], _backprop(params, x, lab)[k]) for k in bp}
+    print(f"cos(update, backprop): with learned feedback {cos_after}, at initialisation {cos_before}")
+    assert cos_after["W3"] > 0.999 and cos_after["W2"] > 0.95 and cos_after["W1"] > 0.9
+    assert cos_before["W1"] < 0.8
+
+
+def test_the_true_gradient_of_a_dtp_circuit_is_backprop():
+    """`estimate(method="gradient")` (what `circuitc verify` compares with) solves only over the
+    populations that reach the cost: the corruption populations, which hold their noise and have
+    no dynamics of their own, would make the full system singular. It equals backprop."""
+    model = _ldrl()
+    params = model.init(jax.random.key(1), jnp.float64)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(-1, 1, (5, 6)))
+    lab = jnp.asarray(np.eye(10)[rng.integers(0, 10, 5)])
+    g = model.estimate(params, x, lab, method="gradient")
+    bp = _backprop(params, x, lab)
+    for k in ("W1", "W2", "W3"):
+        np.testing.assert_allclose(np.asarray(g[k]) * 5, np.asarray(bp[k]), rtol=1e-8, atol=1e-12, err_msg=k)
+    assert not np.any(np.asarray(g["V2"])) and not np.any(np.asarray(g["V3"]))  # feedback cannot move the cost
