@@ -43,12 +43,16 @@ def _sets(data: str) -> list[str]:
     return [] if data == "digits" else ["--set", f"n_in={n_in}", "--set", f"n_h={n_h}"]
 
 
-def run_circuit(name: str, data: str, epochs: int | None, seed: int) -> dict:
+def run_circuit(name: str, data: str, epochs: int | None, seed: int, reuse: bool = False) -> dict:
     out = HERE / "results" / "runs" / f"{name}-{data}-s{seed}"
-    cmd = ["circuitc", "train", f"examples/{name}.circ", "--data", data, "--out", str(out.relative_to(ROOT)), "--no-progress",
+    cmd = ["circuitc", "train", f"examples/{name}.circ", "--data", data, "--out", str(out.relative_to(ROOT)), "--no-progress", "--force",
            "--seed", str(seed), *_sets(data)] + (["--epochs", str(epochs)] if epochs else [])
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **ONE_CORE})
+    done = out / "metrics.json"
+    if reuse and done.exists() and (epochs is None or len(json.loads(done.read_text())) == epochs):
+        print("reusing", out.relative_to(ROOT), flush=True)
+    else:
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **ONE_CORE})
     hist = json.loads((out / "metrics.json").read_text())
     acc = [h["test_accuracy"] for h in hist]
     row = {"method": name, "command": " ".join(cmd), "epochs": len(hist),
@@ -142,17 +146,20 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: the files' own (30)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=[*CIRCUITS, "backprop"])
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep a circuit's finished run of the same epochs in benchmarks/results/runs/ instead of retraining")
     args = ap.parse_args(argv)
     rows = []
     if "backprop" in args.only:
         rows.append(run_backprop(args.data, args.epochs or 30, args.seed))
     for name in CIRCUITS:
         if name in args.only:
-            rows.append(run_circuit(name, args.data, args.epochs, args.seed))
+            rows.append(run_circuit(name, args.data, args.epochs, args.seed, args.reuse))
     allres = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     n_in, n_h = SIZES[args.data]
+    kept = [r for r in allres.get(args.data, {}).get("rows", []) if r["method"] not in {r2["method"] for r2 in rows}]
     allres[args.data] = {"network": f"{n_in}-{n_h}-{n_h}-10", "seed": args.seed,
-                         "machine": "one core (taskset), XLA single-threaded", "rows": rows}
+                         "machine": "one core (taskset), XLA single-threaded", "rows": kept + rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(allres, indent=2) + "\n")
     print(f"| method | {args.data} {n_in}-{n_h}-{n_h}-10 | best test | final | s/epoch | cos W1 / W2 with backprop |")
