@@ -251,3 +251,30 @@ def test_the_true_gradient_of_a_dtp_circuit_is_backprop():
     for k in ("W1", "W2", "W3"):
         np.testing.assert_allclose(np.asarray(g[k]) * 5, np.asarray(bp[k]), rtol=1e-8, atol=1e-12, err_msg=k)
     assert not np.any(np.asarray(g["V2"])) and not np.any(np.asarray(g["V3"]))  # feedback cannot move the cost
+
+
+def test_dtp_feedback_rule_reconstructs_the_corrupted_activity():
+    """With noise: `corrupt` draws e ~ N(0, sigma^2) into e1 (one Euler–Maruyama step of
+    ds/dt = sigma white(), dt = 1) and later phases hold it; the G2 update is then Lee et al.'s
+    ((h1 + e) − g2(f2(h1 + e))) ⊙ g2' times f2(h1 + e), computed here from the same sample."""
+    sigma = 0.3
+    model = cl.compile(cl.load(ROOT / "examples" / "dtp.circ"), overrides={"sigma": sigma, "n_h": 40})
+    params = model.init(jax.random.key(4), jnp.float64)
+    x, lab = _batch(64, 10, B=50, seed=5)
+    key = jax.random.key(11)
+    xin = model.as_inputs(jnp.asarray(x))
+    s = model.zeros(xin)
+    for ph in model.learning.phases[:3]:  # free, corrupt, settle: what the feedback phase starts from
+        res = model.relaxer.run(ph, params, xin, s, None, None, key)
+        s = {k: res.state[k] for k in model.state_keys}
+    e1 = np.asarray(s["e1"])
+    assert abs(e1.std() / sigma - 1) < 0.05 and abs(e1.mean()) < 0.02
+    g = model.estimate(params, jnp.asarray(x), jnp.asarray(lab), key=key)
+    p = {k: np.asarray(v) for k, v in params.items()}
+    h1 = np.tanh(x @ p["W1"].T)
+    n2 = np.tanh((h1 + e1) @ p["W2"].T)
+    r2 = np.tanh(n2 @ p["G2"].T)
+    want = ((h1 + e1 - r2) * (1 - r2**2)).T @ n2 / len(x)
+    np.testing.assert_allclose(-np.asarray(g["G2"]), want, rtol=1e-8, atol=1e-12)
+    noiseless = _numpy_dtp(p, x, lab, 0.2)["G2"]
+    assert np.abs(want - noiseless).max() > 0.05 * np.abs(noiseless).max()  # the noise matters
