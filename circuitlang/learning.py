@@ -275,10 +275,14 @@ def gradient(model, params, x, y, beta, key, s0):
 
 
 def _upstream_of_cost(model) -> list[str]:
-    """The state keys whose populations can reach a costed population through the drives
-    (an undirected coupling both ways). The others cannot move the cost: their adjoint is 0,
-    and leaving them out of the solve keeps it regular when one has no dynamics of its own
-    (a corruption population that only holds its noise, `examples/dtp.circ`)."""
+    """On a vector field (directed drives, cell equations), the state keys whose populations
+    can reach a costed population through the drives (an undirected coupling both ways). The
+    others cannot move the cost: their adjoint is 0, and leaving them out of the solve keeps it
+    regular when one has no dynamics of its own (a corruption population that only holds its
+    noise, `examples/dtp.circ`). An energy circuit keeps every state: its terms may couple
+    populations that no connection joins."""
+    if not getattr(model.fns, "vector_field", False):
+        return list(model.state_keys)
     W = model.fns.wiring
     feeds: dict[str, set[str]] = {}
     for e in model.fns.edges:
