@@ -1,7 +1,7 @@
 """Target propagation: DTP and L-DRL circuits from the CLI against backprop on the same network.
 
     taskset -c 0 python benchmarks/dtp.py                          # digits, the files' 30 epochs
-    taskset -c 0 python benchmarks/dtp.py --data fashion-mnist --epochs 3
+    taskset -c 0 python benchmarks/dtp.py --data fashion-mnist --epochs 10   # about 20 min on one core
     taskset -c 0 python benchmarks/dtp.py --data fashion-mnist     # the full 30 epochs (hours on one core)
 
 Each circuit runs as `circuitc train examples/NAME.circ --data DATA [--epochs N]`
