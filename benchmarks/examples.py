@@ -36,6 +36,8 @@ EXAMPLES = {
     "mirror_interneurons": ("digits", "accuracy"),
     "dendritic_microcircuit": ("digits", "accuracy"),
     "continuous_learning": ("synthetic", "mse"),
+    "dtp": ("digits", "accuracy"),
+    "ldrl": ("digits", "accuracy"),
 }
 
 

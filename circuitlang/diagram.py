@@ -63,6 +63,9 @@ EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
                 "⚡ perturbation (off unless enabled)"),
 }
 
+# `pathway=NAME` on connections: each pathway's colour, in the order the file first names them
+PATHWAY_COLORS = ("#1d4ed8", "#b45309", "#7e22ce", "#15803d", "#be185d", "#0e7490")
+
 _SUPERSCRIPT_T = "ᵀ"
 # graphviz 2.43 reads an edge's arrowhead from the wrong attribute when the attribute
 # was first declared on an edge that dot then re-routes (a label, a port, a flat or a
@@ -168,6 +171,19 @@ def _edge_attrs(kinds: list[str]) -> dict[str, str]:
     return attrs
 
 
+def pathways(circ: Circuit) -> dict[str, str]:
+    """Each `pathway=` name of the file (first use first) and its colour."""
+    names = list(dict.fromkeys(e.pathway for e in circ.connections if e.pathway))
+    return {n: PATHWAY_COLORS[i % len(PATHWAY_COLORS)] for i, n in enumerate(names)}
+
+
+def _in_colour(attrs: dict[str, str], colour: str) -> dict[str, str]:
+    """`attrs` drawn in `colour` (a doubled one-to-one line stays doubled), a little thicker."""
+    doubled = ":invis:" in attrs.get("color", "")
+    return {**attrs, "color": f"{colour}:invis:{colour}" if doubled else colour, "fontcolor": colour,
+            "penwidth": "1.5"}
+
+
 def _edge_label(e: ConnectionEdge, plastic: Mapping[str, Plasticity]) -> str:
     """The weight's name and its operators when they are not a plain dense map or 1:1, then
     how it learns (`W1 · eqprop`), as an HTML label of two lines."""
@@ -267,10 +283,14 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
                     same.node(name)
 
     used: list[str] = []
+    paths = pathways(circ)
     for e, head in zip(circ.connections, heads):
         kinds = _edge_kinds(e, plastic, learning)
         used += [k for k in kinds if k not in used]
-        _connection(g, circ, e, head, rank[e.post] - rank[e.pre], _edge_attrs(kinds), _edge_label(e, plastic))
+        attrs = _edge_attrs(kinds)
+        if e.pathway:
+            attrs = _in_colour(attrs, paths[e.pathway])
+        _connection(g, circ, e, head, rank[e.post] - rank[e.pre], attrs, _edge_label(e, plastic))
     for cost in spec.costs:
         nudge_attrs, _ = EDGE_STYLES["nudge"]
         target = f"target_{cost.population}"
@@ -287,7 +307,7 @@ def to_dot(circ: Circuit, legend: bool = True) -> graphviz.Digraph:
             used.append("perturb")
     if legend and used:
         inputs = [n for n, p in circ.populations.items() if p.role == "input"]
-        _legend(g, circ, used, below=inputs or list(circ.populations)[:1])
+        _legend(g, circ, used, below=inputs or list(circ.populations)[:1], paths=paths)
     return g
 
 
@@ -332,23 +352,31 @@ def _end(circ: Circuit, pop: str, port: str) -> str:
     return f"{pop}:{port}" if circ.populations[pop].cell_type else pop
 
 
-def _legend(g: graphviz.Digraph, circ: Circuit, kinds: list[str], below: list[str]) -> None:
-    """One row of sample edges under the inputs, for the styles in use."""
+def _legend(g: graphviz.Digraph, circ: Circuit, kinds: list[str], below: list[str],
+            paths: Mapping[str, str] | None = None) -> None:
+    """One row of sample edges under the inputs, for the styles in use, then one per pathway."""
     order = list(EDGE_STYLES)
-    kinds = sorted(kinds, key=order.index)
+    kinds = sorted(kinds, key=order.index) + [f"pathway:{n}" for n in paths or {}]
     with g.subgraph(name="cluster_legend") as lg:
         lg.attr(label="", style="rounded", color="#d1d5db", margin="4", nodesep="0.1")
         with lg.subgraph() as row:
             row.attr(rank="same")
             for i, k in enumerate(kinds):
-                text = _learned_text(circ) if k == "learned" else EDGE_STYLES[k][1]
-                if k == "static" and circ.spec.learning is None:
-                    text = "fixed"
                 a, b = f"legend_{i}_a", f"legend_{i}_b"
                 row.node(a, label="", shape="point", width="0.01", style="invis")
-                row.node(b, label=f'<<FONT POINT-SIZE="9">{html.escape(text)}</FONT>>', shape="plaintext")
-                sample = [k] if k in ("weight", "learned", "static", "nudge", "perturb") else ["weight", k]
-                row.edge(a, b, minlen="1", len="0.4", **_edge_attrs(sample))
+                if k.startswith("pathway:"):
+                    name = k[len("pathway:"):]
+                    colour = (paths or {})[name]
+                    row.node(b, label=f'<<FONT POINT-SIZE="9" COLOR="{colour}"><B>{html.escape(name)}</B> pathway'
+                                      f'</FONT>>', shape="plaintext")
+                    row.edge(a, b, minlen="1", len="0.4", **_in_colour(_edge_attrs(["weight"]), colour))
+                else:
+                    text = _learned_text(circ) if k == "learned" else EDGE_STYLES[k][1]
+                    if k == "static" and circ.spec.learning is None:
+                        text = "fixed"
+                    row.node(b, label=f'<<FONT POINT-SIZE="9">{html.escape(text)}</FONT>>', shape="plaintext")
+                    sample = [k] if k in ("weight", "learned", "static", "nudge", "perturb") else ["weight", k]
+                    row.edge(a, b, minlen="1", len="0.4", **_edge_attrs(sample))
                 if i:
                     row.edge(f"legend_{i - 1}_b", a, style="invis", minlen="0")
     middle = f"legend_{(len(kinds) - 1) // 2}_b"

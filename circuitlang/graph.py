@@ -150,6 +150,7 @@ class ConnectionEdge:
     span: Span
     stages: tuple[Stage, ...] = ()
     flops: int = 0  # of one forward pass, per example
+    pathway: str | None = None  # `pathway=NAME`: which drawn path it belongs to (diagram only)
 
     @property
     def value_shape(self) -> tuple[int, ...] | None:

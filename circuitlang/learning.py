@@ -240,8 +240,8 @@ def gradient(model, params, x, y, beta, key, s0):
     res = model._free(params, x, s0, key=key)
     free = res.state
     fns = model.fns
-    names = model.state_keys
-    u = {n: free[n] for n in names}
+    names = _upstream_of_cost(model)
+    u = {n: free[n] for n in model.state_keys}
     shapes = {n: u[n].shape[1:] for n in names}
     sizes = [int(jnp.size(u[n][0])) for n in names]
 
@@ -255,12 +255,13 @@ def gradient(model, params, x, y, beta, key, s0):
             i += k
         return out
 
-    def resid_one(v, xi):
+    def resid_one(v, xi, ui):
         xb = {k: a[None] for k, a in xi.items()}
-        return flat(_residual(model, params, xb, unflat(v[None])))[0]
+        ub = {k: a[None] for k, a in ui.items()}
+        return flat(_residual(model, params, xb, {**ub, **unflat(v[None])}))[0]
 
     U = flat(u)
-    J = jax.vmap(jax.jacrev(resid_one))(U, x)  # (B, n, n); reverse mode: operators may define only VJPs
+    J = jax.vmap(jax.jacrev(resid_one))(U, x, u)  # (B, n, n); reverse mode: operators may define only VJPs
     dC = flat(jax.grad(lambda s: fns.cost(s, y))(u))
     lam = jnp.linalg.solve(jnp.swapaxes(J, -1, -2), dC[..., None])[..., 0]
     lam_d = unflat(lam)
@@ -271,6 +272,32 @@ def gradient(model, params, x, y, beta, key, s0):
 
     g = jax.grad(inner)(params)
     return _finish(model, {k: -v for k, v in g.items()}, 1.0 / _batch(x)), free, {"free": _report(res)}
+
+
+def _upstream_of_cost(model) -> list[str]:
+    """On a vector field (directed drives, cell equations), the state keys whose populations
+    can reach a costed population through the drives (an undirected coupling both ways). The
+    others cannot move the cost: their adjoint is 0, and leaving them out of the solve keeps it
+    regular when one has no dynamics of its own (a corruption population that only holds its
+    noise, `examples/dtp.circ`). An energy circuit keeps every state: its terms may couple
+    populations that no connection joins."""
+    if not getattr(model.fns, "vector_field", False):
+        return list(model.state_keys)
+    W = model.fns.wiring
+    feeds: dict[str, set[str]] = {}
+    for e in model.fns.edges:
+        for pre in W.reads(e):
+            feeds.setdefault(e.post, set()).add(pre)
+        if e.kind == "undirected":
+            feeds.setdefault(e.pre, set()).add(e.post)
+    keep = {c.population for c in model.fns.costs}
+    todo = list(keep)
+    while todo:
+        for pre in feeds.get(todo.pop(), ()):
+            if pre not in keep:
+                keep.add(pre)
+                todo.append(pre)
+    return [k for k in model.state_keys if k.split(".")[0] in keep]
 
 
 def _residual(model, params, x, u):

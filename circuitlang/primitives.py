@@ -174,6 +174,7 @@ class Setting:
       * ``choice``: one of `choices`, written as a bare name; with `registry`,
         the names of that table of this module (read when checked, so a new
         entry is a new choice)
+      * ``name``: a bare name of the file's choosing (`pathway=feedback`)
       * ``per_weight``: a number, and/or `W1=0.1, h.bias=0.2` overrides
     """
 
@@ -409,6 +410,8 @@ CONNECTION_OPTIONS = _settings(
     Setting("fixed", "flag", "never learned (e.g. random feedback for feedback alignment)"),
     Setting("inhibitory", "flag", "the drive is subtracted"),
     Setting("gain", "number", "scale of a one-to-one connection"),
+    Setting("pathway", "name", "the path the connection belongs to, a name of the file's choosing "
+            "(e.g. `pathway=feedback`): the diagram draws each pathway in a colour of its own, with a legend entry"),
 )
 
 CONNECTION_KINDS = _frozen({"--": "undirected", "->": "directed", "=>": "one_to_one"})

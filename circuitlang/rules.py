@@ -65,7 +65,13 @@ class RuleProgram:
             factor_rule(rule, target, self.fns.pops, self.weights)
             for rule in spec.learning.rules for target in rule.weights
         ]
-        self.targets = tuple(dict.fromkeys(r.target for r in self.rules))
+        self.targets = tuple(dict.fromkeys(self.param(r.target) for r in self.rules))
+
+    def param(self, target: str) -> str:
+        """The parameter a rule's target updates: its own, or, for a plain tie `V2 = V`
+        (the same weight evaluated on other populations), the weight it is tied to."""
+        e = self.weights.get(target)
+        return e.tied_to if e is not None and e.tied_to is not None else target
 
     def wanted(self, phase: str) -> set[tuple[str, str]]:
         """The (population, member) values the rules active in `phase` read."""
@@ -99,7 +105,8 @@ class RuleProgram:
                 }
                 m = self._terms(o, r, envs, params, batch)
                 total = m if total is None else total + m
-            out[r.target] = out[r.target] + total if r.target in out else total
+            k = self.param(r.target)
+            out[k] = out[k] + total if k in out else total
         return out
 
     def _terms(self, o: Orientation, r: CompiledRule, envs, params, B: int):
@@ -146,7 +153,7 @@ class RuleProgram:
                 if a.side == SYN:
                     m = m * value(a)
             total = total + m
-        return jnp.broadcast_to(total, params[r.target].shape)
+        return jnp.broadcast_to(total, params[self.param(r.target)].shape)
 
     # ---------------------------------------------------------------- run --
     def run(self, phase: PhaseSpec, params, x, s0, beta=None, y=None, stream: bool = False,
@@ -172,7 +179,7 @@ class RuleProgram:
         def observe(s, p, t):
             return _observe(model, s, p, x, beta if nudge else None, y, t, want, phase)
 
-        zero = {r.target: jnp.zeros_like(params[r.target]) for r in active}
+        zero = {self.param(r.target): jnp.zeros_like(params[self.param(r.target)]) for r in active}
         noise = increments(model.relaxer.amplitudes, phase, key, s0) or (lambda i: None)
 
         def body(i, carry):

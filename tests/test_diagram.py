@@ -384,3 +384,18 @@ def test_without_graphviz_writes_dot_and_explains(tmp_path, monkeypatch, capsys,
 def test_unknown_format(tmp_path, root, capsys):
     assert diagram.render(cl.load(root / "examples" / "eqprop_hopfield.circ"), tmp_path / "x.jpeg") == 2
     assert ".svg" in capsys.readouterr().err
+
+
+def test_pathways_are_drawn_in_colours_of_their_own(root):
+    """`pathway=NAME` colours a connection by its path (forward, target, feedback in
+    examples/dtp.circ), each colour distinct and named in the legend."""
+    circ = cl.load(root / "examples" / "dtp.circ")
+    src = diagram.to_dot(circ).source
+    edges = [e for e in _edges(src) if not e["src"].startswith("legend_") and not e["dst"].startswith("target_")]
+    colours = diagram.pathways(circ)
+    assert list(colours) == ["forward", "feedback", "target"] and len(set(colours.values())) == 3
+    by_weight = {e["label"].split(" ")[0]: e["attrs"]["color"].split(":")[0] for e in edges if e["label"]}
+    assert by_weight["W1"] == colours["forward"] and by_weight["G2"] == colours["feedback"]
+    assert by_weight["G2t"] == colours["target"]
+    for name, colour in colours.items():
+        assert f'COLOR="{colour}"><B>{name}</B> pathway' in src

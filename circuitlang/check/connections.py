@@ -62,7 +62,7 @@ class ConnectionsMixin(BuilderBase):
                 f"write `{pre.name} {s.arrow} {target} : W`",
             )
             ok = False
-        init, plasticity, sign, gain = InitSpec("glorot"), "plastic", 1, 1.0
+        init, plasticity, sign, gain, pathway = InitSpec("glorot"), "plastic", 1, 1.0, None
         init_given = fixed_given = False
         for opt in options:
             spec = self._option(opt, P.CONNECTION_OPTIONS, "a connection")
@@ -80,6 +80,12 @@ class ConnectionsMixin(BuilderBase):
                     self.error("`gain` applies to one-to-one connections (`=>`)", opt.key_span,
                                "for a weight matrix, scale its `init` instead")
                 gain = self._checked_number(opt.value, spec, "`gain`") or gain
+            elif opt.key == "pathway":
+                if isinstance(opt.value, S.Var):
+                    pathway = opt.value.name
+                else:
+                    self.error("`pathway` takes a name", opt.value.span if opt.value is not None else opt.span,
+                               "write e.g. `pathway=forward` or `pathway=feedback`")
         if weight is None:  # a one-to-one or pooling connection without a weight
             plasticity = "fixed"
         tie_target, transposed = None, False
@@ -173,6 +179,7 @@ class ConnectionsMixin(BuilderBase):
                 span=s.span,
                 stages=stages,
                 flops=sum(OPS[st.kind].flops(st.kw, st.in_shape, st.out_shape) for st in stages),
+                pathway=pathway,
             )
         )
 

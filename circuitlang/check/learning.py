@@ -413,13 +413,23 @@ class LearningMixin(BuilderBase):
                     ("weights: " + ", ".join(weights)) if weights else "name a weight after a connection's colon",
                 )
                 ok, unknown = False, True
-            elif e.plasticity == "tied":
+            elif e.plasticity == "tied" and e.transposed:
                 self.error(
-                    f"`{t.name}` is tied to `{e.tied_to}`: it follows `{e.tied_to}`, so it has no rule of its own",
+                    f"`{t.name}` is tied to `transpose({e.tied_to})`: it follows `{e.tied_to}`, so it has no rule of its own",
                     t.span,
-                    f"write the rule for `{e.tied_to}`",
+                    f"write the rule for `{e.tied_to}` (a plain tie `= {e.tied_to}` may carry one)",
                 )
                 ok = False
+            elif e.plasticity == "tied" and getattr(weights.get(e.tied_to), "plasticity", "") != "plastic":
+                self.error(
+                    f"`{t.name}` is tied to `{e.tied_to}`, which does not learn: a rule on a plain tie updates "
+                    f"the weight it is tied to",
+                    t.span,
+                    f"remove `fixed` from `{e.tied_to}`'s connection, or drop the rule",
+                )
+                ok = False
+            elif e.plasticity == "tied":  # a plain tie: the rule reads the tie's ends and updates `e.tied_to`
+                names.append(t.name)
             elif e.plasticity == "fixed":
                 self.error(f"`{t.name}` is `fixed`, so it cannot learn", t.span, "remove `fixed` from its connection")
                 ok = False

@@ -162,8 +162,9 @@ class Wiring:
     # ---------------------------------------------------------------- rules --
     def weight_update(self, e: ConnectionEdge, params, P: Array, Q: Array) -> Array:
         """∂/∂W ⟨P, stages(W, Q)⟩ summed over the batch: the rule `P × Q` summed over every
-        synapse that shares an entry of W (P at the chain's output, Q at its input)."""
-        w = params[e.weight]
+        synapse that shares an entry of W (P at the chain's output, Q at its input); for a
+        plain tie `V2 = V`, the entries of V."""
+        w = self.array(e, params)
         _, vjp = jax.vjp(lambda a: self._forward(e, a, Q.astype(a.dtype)), w)
         return vjp(P.astype(w.dtype))[0]
 
