@@ -170,6 +170,13 @@ class ConnectionEdge:
         return next((s for s in self.stages if OPS[s.kind].weighted), None)
 
 
+def rule_target(weights: Mapping[str, ConnectionEdge], name: str) -> str:
+    """The parameter a rule written on weight `name` updates: its own, or, for a plain
+    tie `V = W` (the same weight evaluated on other populations), the weight `W`."""
+    e = weights.get(name)
+    return e.tied_to if e is not None and e.tied_to is not None and not e.transposed else name
+
+
 @_frozen
 class OdeSpec:
     """`tau * dX/dt = rhs`. `noise` is the amplitude sigma of its white noise: with

@@ -235,8 +235,10 @@ def bptt(model, params, x, y, beta, key, s0):
 
 def gradient(model, params, x, y, beta, key, s0):
     """dL/dθ = −(∂G/∂θ)ᵀ λ with (∂G/∂u)ᵀ λ = ∂C/∂u at the free fixed point u, solved
-    densely per example (states of every shape flattened into one vector). With noise, the
-    free phase's end state stands in for the fixed point (it fluctuates around it)."""
+    densely per example (states of every shape flattened into one vector) over the states
+    `_upstream_of_cost` keeps (every state on an energy; on a vector field, those that reach
+    the cost: the others' adjoints are 0). With noise, the free phase's end state stands in for
+    the fixed point (it fluctuates around it)."""
     res = model._free(params, x, s0, key=key)
     free = res.state
     fns = model.fns

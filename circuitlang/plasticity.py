@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from .circuit import Circuit
+from .graph import rule_target
 
 __all__ = ["Plasticity", "plasticity", "ALWAYS"]
 
@@ -66,9 +67,7 @@ def plasticity(circ: Circuit) -> dict[str, Plasticity]:
         order = [p.name for p in learn.phases]
         for rule in learn.rules:
             for target in rule.weights:
-                e = circ.weights.get(target)
-                if e is not None and e.tied_to is not None:  # a rule on a plain tie updates its weight
-                    target = e.tied_to
+                target = rule_target(circ.weights, target)  # a rule on a plain tie updates its weight
                 phases = ruled.setdefault(target, [])
                 for ph in (ALWAYS,) if rule.always else rule.phases:
                     if ph not in phases:

@@ -41,7 +41,7 @@ from jax import lax
 
 from . import syntax as S
 from .factor import POST, PRE, SCALAR, SYN, Atom, CompiledRule, Orientation, Term, factor_rule
-from .graph import PhaseSpec
+from .graph import PhaseSpec, rule_target
 from .lower.noise import add, increments
 from .lower.relax import OK, _speed
 from .lower.wiring import weights_of
@@ -70,8 +70,7 @@ class RuleProgram:
     def param(self, target: str) -> str:
         """The parameter a rule's target updates: its own, or, for a plain tie `V2 = V`
         (the same weight evaluated on other populations), the weight it is tied to."""
-        e = self.weights.get(target)
-        return e.tied_to if e is not None and e.tied_to is not None else target
+        return rule_target(self.weights, target)
 
     def wanted(self, phase: str) -> set[tuple[str, str]]:
         """The (population, member) values the rules active in `phase` read."""

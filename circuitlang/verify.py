@@ -166,7 +166,7 @@ def _unnudged_only(model, name: str) -> bool:
     """A parameter whose rules act only in un-nudged phases (e.g. a microcircuit's
     interneuron weights, which learn to predict, not to descend the loss)."""
     betas = {p.name: p.beta for p in model.learning.phases}
-    rules = [r for r in model.rules.rules if r.target == name]
+    rules = [r for r in model.rules.rules if model.rules.param(r.target) == name]  # rules on its plain ties too
     if not rules or any(r.always or not r.phases for r in rules):
         return False
     return all(betas[ph] == 0 for r in rules for ph in r.phases)

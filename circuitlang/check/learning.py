@@ -421,6 +421,10 @@ class LearningMixin(BuilderBase):
                 )
                 ok = False
             elif e.plasticity == "tied" and getattr(weights.get(e.tied_to), "plasticity", "") != "plastic":
+                if getattr(weights.get(e.tied_to), "plasticity", "") != "fixed":
+                    # a tie of a tie, or a tie to a weight whose connection is broken: said where it is
+                    ok = False
+                    continue
                 self.error(
                     f"`{t.name}` is tied to `{e.tied_to}`, which does not learn: a rule on a plain tie updates "
                     f"the weight it is tied to",
