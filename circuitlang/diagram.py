@@ -64,7 +64,9 @@ EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
 }
 
 # `pathway=NAME` on connections: each pathway's colour, in the order the file first names them
-PATHWAY_COLORS = ("#1d4ed8", "#b45309", "#7e22ce", "#15803d", "#be185d", "#0e7490")
+# (away from the learned teal, the static grey, the nudge red and the perturbation amber;
+# an eighth pathway and later ones take the colours again)
+PATHWAY_COLORS = ("#1d4ed8", "#7e22ce", "#4d7c0f", "#c026d3", "#78350f", "#0284c7", "#9f1239", "#334155")
 
 _SUPERSCRIPT_T = "ᵀ"
 # graphviz 2.43 reads an edge's arrowhead from the wrong attribute when the attribute
@@ -376,7 +378,11 @@ def _legend(g: graphviz.Digraph, circ: Circuit, kinds: list[str], below: list[st
                         text = "fixed"
                     row.node(b, label=f'<<FONT POINT-SIZE="9">{html.escape(text)}</FONT>>', shape="plaintext")
                     sample = [k] if k in ("weight", "learned", "static", "nudge", "perturb") else ["weight", k]
-                    row.edge(a, b, minlen="1", len="0.4", **_edge_attrs(sample))
+                    attrs = _edge_attrs(sample)
+                    if paths and k in ("learned", "static") and all(e.pathway for e in circ.connections):
+                        # every edge wears its pathway's colour: learned and not are told by the arrowhead
+                        attrs = {**attrs, "color": "black", "fontcolor": "black"}
+                    row.edge(a, b, minlen="1", len="0.4", **attrs)
                 if i:
                     row.edge(f"legend_{i - 1}_b", a, style="invis", minlen="0")
     middle = f"legend_{(len(kinds) - 1) // 2}_b"
