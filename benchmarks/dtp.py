@@ -48,7 +48,8 @@ def run_circuit(name: str, data: str, epochs: int | None, seed: int, reuse: bool
     cmd = ["circuitc", "train", f"examples/{name}.circ", "--data", data, "--out", str(out.relative_to(ROOT)), "--no-progress", "--force",
            "--seed", str(seed), *_sets(data)] + (["--epochs", str(epochs)] if epochs else [])
     done = out / "metrics.json"
-    if reuse and done.exists() and (epochs is None or len(json.loads(done.read_text())) == epochs):
+    want = epochs or _file_epochs(name)
+    if reuse and done.exists() and len(json.loads(done.read_text())) == want:
         print("reusing", out.relative_to(ROOT), flush=True)
     else:
         print("$", " ".join(cmd), flush=True)
@@ -61,6 +62,13 @@ def run_circuit(name: str, data: str, epochs: int | None, seed: int, reuse: bool
            "curve": acc}
     row["alignment"] = alignment(name, data, out / "params.npz")
     return row
+
+
+def _file_epochs(name: str) -> int:
+    """The `epochs` the circuit file trains for (what `circuitc train` runs without `--epochs`)."""
+    import circuitlang as cl
+
+    return cl.load(ROOT / "examples" / f"{name}.circ").spec.learning.epochs
 
 
 def _forward(p, x):
@@ -151,14 +159,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rows = []
     if "backprop" in args.only:
-        rows.append(run_backprop(args.data, args.epochs or 30, args.seed))
+        rows.append(run_backprop(args.data, args.epochs or _file_epochs(CIRCUITS[0]), args.seed))
     for name in CIRCUITS:
         if name in args.only:
             rows.append(run_circuit(name, args.data, args.epochs, args.seed, args.reuse))
+    for r in rows:
+        r["seed"] = args.seed  # rows kept from an earlier run keep theirs
     allres = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     n_in, n_h = SIZES[args.data]
     kept = [r for r in allres.get(args.data, {}).get("rows", []) if r["method"] not in {r2["method"] for r2 in rows}]
-    allres[args.data] = {"network": f"{n_in}-{n_h}-{n_h}-10", "seed": args.seed,
+    allres[args.data] = {"network": f"{n_in}-{n_h}-{n_h}-10",
                          "machine": "one core (taskset), XLA single-threaded", "rows": kept + rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(allres, indent=2) + "\n")
