@@ -138,16 +138,18 @@ def _from_run(args) -> int:
     for run, colour in zip(runs, ("C0", "C1", "C2", "C3")):
         curve = run["curve"]
         epochs = [r["epoch"] for r in curve]
-        name = f"beta = {run['nudge_beta']:g}" if run["nudge_beta"] is not None else Path(run["circuit"]).stem
+        beta = run["nudge_beta"]  # ours, with C = 1/2 |y - t|^2: Scellier's beta is half of it
+        name = f"β = {beta:g} (Scellier's {beta / 2:g})" if beta is not None else Path(run["circuit"]).stem
         ax.plot(epochs, [100 * r["test_accuracy"] for r in curve], "o-", color=colour, label=f"{name}: test")
         if all("train_accuracy" in r for r in curve):
             ax.plot(epochs, [100 * r["train_accuracy"] for r in curve], "s--", color=colour, alpha=0.6,
                     label=f"{name}: train (during the epoch)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("784-500-500-500-10 (Scellier & Bengio 2017), Fashion-MNIST", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     png = HERE.parent / "docs" / "deep_fashion.png"
     fig.savefig(png, dpi=110)
     for run in runs:
