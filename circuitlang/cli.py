@@ -329,6 +329,10 @@ def _flops(n: int) -> str:
     return f"{n} FLOP"
 
 
+def _steps(n: int) -> str:
+    return " step" if n == 1 else " steps"
+
+
 def summary(circ: Circuit) -> str:
     """A one-screen description of a checked circuit."""
     spec = circ.spec
@@ -389,7 +393,7 @@ def summary(circ: Circuit) -> str:
     learn = spec.learning
     if learn is not None:
         phases = ", ".join(
-            f"{p.name} ({'forward' if p.forward else str(p.steps or p.present) + (' steps' if p.steps else ' steps/sample')}"
+            f"{p.name} ({'forward' if p.forward else str(p.steps or p.present) + (_steps(p.steps) if p.steps else ' steps/sample')}"
             + (f", beta {p.beta:g}" if p.beta else "") + ")"
             for p in learn.phases
         )

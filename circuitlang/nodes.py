@@ -182,7 +182,7 @@ def _phase(ph: PhaseSpec) -> str:
     elif ph.steps is None and ph.present is not None:
         bits = [f"{ph.present} steps per sample", f"dt {ph.dt:g}"]
     else:
-        bits = [f"{ph.steps} steps", f"dt {ph.dt:g}"]
+        bits = [f"{ph.steps} step{'' if ph.steps == 1 else 's'}", f"dt {ph.dt:g}"]
     if ph.beta:
         bits.append(f"β {ph.beta:g}")
     if ph.clamp:
