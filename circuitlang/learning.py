@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import networkx as nx
 
 from . import primitives as P
 from .optim import nonzero
@@ -286,19 +287,13 @@ def _upstream_of_cost(model) -> list[str]:
     if not getattr(model.fns, "vector_field", False):
         return list(model.state_keys)
     W = model.fns.wiring
-    feeds: dict[str, set[str]] = {}
+    drives = nx.DiGraph()  # pre -> post for every population a drive reads
     for e in model.fns.edges:
-        for pre in W.reads(e):
-            feeds.setdefault(e.post, set()).add(pre)
+        drives.add_edges_from((pre, e.post) for pre in W.reads(e))
         if e.kind == "undirected":
-            feeds.setdefault(e.pre, set()).add(e.post)
+            drives.add_edge(e.post, e.pre)
     keep = {c.population for c in model.fns.costs}
-    todo = list(keep)
-    while todo:
-        for pre in feeds.get(todo.pop(), ()):
-            if pre not in keep:
-                keep.add(pre)
-                todo.append(pre)
+    keep |= {a for c in list(keep) if c in drives for a in nx.ancestors(drives, c)}
     return [k for k in model.state_keys if k.split(".")[0] in keep]
 
 
