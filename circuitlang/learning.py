@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import networkx as nx
 
 from . import primitives as P
+from .lower.wiring import DRIVE
 from .optim import nonzero
 
-__all__ = ["estimate", "estimate_with_state", "estimate_with_info"]
+__all__ = ["estimate", "estimate_with_info", "estimate_with_state"]
 
 # ------------------------------------------------------------------- helpers --
 def _rate_form(model) -> bool:
@@ -74,8 +75,9 @@ def _contrast(model, params, a, b, x, s0, xa=None):
 
 
 def _finish(model, grads, scale):
+    # a drive standing in for a weight (`blocking.py`) is scaled as the weight's gradient is
     return {
-        n: (g * scale if model.trainable[n] else jnp.zeros_like(g)) for n, g in grads.items()
+        n: (g * scale if n.startswith(DRIVE) or model.trainable[n] else jnp.zeros_like(g)) for n, g in grads.items()
     }
 
 

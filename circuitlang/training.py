@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import __version__, health, learning, resources
+from . import __version__, blocking, health, learning, resources
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
@@ -175,25 +175,22 @@ def _targets(data, y):
 
 
 def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bool, shard: Callable,
-                augment: tuple[str, ...] = (), jit: bool = True):
+                augment: tuple[str, ...] = (), jit: bool = True, blocks: blocking.Plan | None = None):
     """The jitted epoch: (params, opt_state, key, X, Y, labels, P) -> (..., loss, accuracy, P).
 
     `X` is in the compiled layout (batch, H, W, C for images). `P` holds each
     training example's last free state (persistent particles) or is empty.
     `augment` names random augmentations applied to each batch (`augment.py`).
     `jit=False`: the plain function (`sweeps.py` maps it over the members of a sweep).
+    `blocks`: large input weights updated in blocks of batches (`blocking.py`).
     """
     nb = n // batch
 
     def epoch(params, opt_state, key, X, Y, labels, P):
         start = params
-        kp, ks = jax.random.split(key)
-        idx = jax.random.permutation(kp, n)[: nb * batch].reshape(nb, batch)
-        keys = jax.random.split(ks, nb)
 
-        def body(carry, inp):
-            params, opt_state, P = carry
-            i, k = inp
+        def one(params, opt_state, P, i, k, drives=None):
+            """One batch; with the blocked weights' `drives`, it also returns their gradients."""
             x = X[i]
             if augment:
                 from .augment import augment as apply_augment
@@ -204,19 +201,54 @@ def _make_epoch(model: Model, opt, n: int, batch: int, method: str, classify: bo
             y = shard(Y[i])
             xs = model.as_inputs(x, "compiled")
             s0 = {p: shard(v[i]) for p, v in P.items()} if P else None
-            g, free, info = learning.estimate_with_info(model, params, xs, y, method, None, k, s0)
+            est = params if drives is None else blocking.split(blocks, params, drives)
+            g, free, info = learning.estimate_with_info(model, est, xs, y, method, None, k, s0)
+            g, gd = (g, None) if drives is None else blocking.gather(blocks, g, params)
             updates, opt_state = opt.update(g, opt_state, params)
             fit = health.batch_health(info)
-            params = optax.apply_updates(params, updates)
+            new = optax.apply_updates(params, updates)
+            if drives is not None:  # the blocked weights wait for the block's end
+                new = {**new, **{name: params[name] for name in blocks.names}}
             fs = {p: free[p] for p in model.state_keys}
             if P:
                 P = {p: v.at[i].set(fs[p]) for p, v in P.items()}
             loss = model.fns.cost(fs, y) / batch
             out = model.fns.readout(free)
             correct = _score(out, y, labels[i], classify)
-            return (params, opt_state, P), (loss, correct, fit)
+            return new, opt_state, P, (loss, correct, fit), gd
 
-        (params, opt_state, P), (loss, correct, fit) = lax.scan(body, (params, opt_state, P), (idx, keys))
+        def body(carry, inp):
+            params, opt_state, P, out, _ = one(*carry, *inp)
+            return (params, opt_state, P), out
+
+        def block(carry, inp):
+            params, opt_state, P = carry
+            ib, kb = inp
+            ctx = blocks.start(model, params, [model.as_inputs(shard(X[ib[j]]), "compiled")
+                                               for j in range(blocks.size)])
+            grads, outs = [], []
+            for j in range(blocks.size):
+                params, opt_state, P, out, gd = one(params, opt_state, P, ib[j], kb[j], blocks.drives(ctx, j, grads))
+                grads.append(gd)
+                outs.append(out)
+            params = blocks.finish(model, params, ctx, grads)
+            return (params, opt_state, P), jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+        kp, ks = jax.random.split(key)
+        idx = jax.random.permutation(kp, n)[: nb * batch].reshape(nb, batch)
+        keys = jax.random.split(ks, nb)
+        carry, parts = (params, opt_state, P), []
+        b = blocks.size if blocks is not None else 1
+        whole = nb // b * b if b > 1 else 0  # batches run in blocks; the rest one by one
+        if whole:
+            carry, out = lax.scan(block, carry, (idx[:whole].reshape(whole // b, b, batch),
+                                                 keys[:whole].reshape(whole // b, b)))
+            parts.append(jax.tree.map(lambda a: a.reshape(whole, *a.shape[2:]), out))
+        if whole < nb:
+            carry, out = lax.scan(body, carry, (idx[whole:], keys[whole:]))
+            parts.append(out)
+        params, opt_state, P = carry
+        loss, correct, fit = parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
         fit = {**health.reduce_health(model, fit), **health.update_ratios(model, start, params, nb)}
         return params, opt_state, jnp.mean(loss), jnp.sum(correct) / (nb * batch), P, fit
 
@@ -376,7 +408,7 @@ def run_settings(model: Model, method: str | None, augment: tuple[str, ...] | st
 def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: str | Path | None = None,
           resume: bool = False, devices: int = 1, method: str | None = None, progress: bool = True,
           data_spec: str | None = None, on_epoch: Callable[[dict], None] | None = None,
-          augment: tuple[str, ...] | str = (), force: bool = False) -> TrainResult:
+          augment: tuple[str, ...] | str = (), force: bool = False, block: bool = True) -> TrainResult:
     """Train `model` on `data` (a `circuitlang.data.Dataset`).
 
     Returns the final parameters and the per-epoch metrics. See the module
@@ -413,7 +445,8 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     if stream:
         epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
-        epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment)
+        epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment,
+                                  blocks=blocking.plan(model, method, devices, augment) if block else None)
     eval_fn = _make_eval(model, len(data.x_test), chunk, classify, data.n_classes or 0) if len(data.x_test) else None
 
     X = _inputs(model, data.x_train)

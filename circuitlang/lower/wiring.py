@@ -35,9 +35,13 @@ from ..layout import internal
 from ..ops import OPS
 from ..ops.base import chain_apply, chain_is_linear
 
-__all__ = ["Wiring", "weights_of"]
+__all__ = ["DRIVE", "Wiring", "weights_of"]
 
 Array = Any
+
+# A parameter named DRIVE + a weight's name stands for that (untied) connection's drive:
+# `drive` returns it and `pair` reads it, without the weight (`blocking.py`).
+DRIVE = "drive:"
 
 
 def weights_of(edges: list[ConnectionEdge], params: Mapping[str, Array]) -> dict[str, Array]:
@@ -101,6 +105,8 @@ class Wiring:
     # --------------------------------------------------------------- drives --
     def drive(self, e: ConnectionEdge, params, rates: Mapping[str, Array]) -> Array:
         """What `e` delivers into `e.post` (batch, *compiled shape of post)."""
+        if e.weight is not None and e.tied_to is None and DRIVE + e.weight in params:
+            return params[DRIVE + e.weight]
         w = self.array(e, params)
         if e.transposed:
             return self._scale(e, self._adjoint(e, w, rates[e.pre], rates))
@@ -121,7 +127,8 @@ class Wiring:
 
     def pair(self, e: ConnectionEdge, params, rates: Mapping[str, Array]) -> Array:
         """⟨ρ(post), drive⟩ summed over the batch: the coupling's term in an energy."""
-        if not e.transposed and e.sign * e.gain == 1:
+        given = e.weight is not None and e.tied_to is None and DRIVE + e.weight in params
+        if not given and not e.transposed and e.sign * e.gain == 1:
             st = e.stages[-1] if len(e.stages) == 1 else None
             if st is not None:  # one stage: let it define its own term
                 w = self.array(e, params)
