@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from .lower.energy import Hopfield
 from .lower.wiring import DRIVE
-from .optim import DEFAULT_LR, rates
+from .optim import rates
 
 __all__ = ["MIN_ELEMENTS", "SIZE", "Plan", "plan"]
 
@@ -120,8 +120,9 @@ def gather(plan: Plan, grads: Mapping[str, Array], params: Mapping[str, Array]):
     return g, {name: grads[DRIVE + name] for name in plan.names}
 
 
-def plan(model, method: str, devices: int = 1, augment: tuple[str, ...] = ()) -> Plan | None:
-    """The blocked weights of a training run, or None where blocking does not apply."""
+def plan(model, method: str, default_lr: float, devices: int = 1, augment: tuple[str, ...] = ()) -> Plan | None:
+    """The blocked weights of a training run, or None where blocking does not apply;
+    `default_lr`: the rate of a parameter the optimizer block gives none (as `train`'s)."""
     learn = model.learning
     fns = model.fns
     if learn is None or method not in ESTIMATORS or devices != 1 or augment:
@@ -140,7 +141,10 @@ def plan(model, method: str, devices: int = 1, augment: tuple[str, ...] = ()) ->
             return None
     if settings.get("schedule", "constant") != "constant" or settings.get("nesterov"):
         return None
-    lrs = rates(spec, model.trainable, DEFAULT_LR)
+    given = [spec.lr, *dict(spec.lr_per_param).values()] if spec else []
+    if any(isinstance(v, jax.core.Tracer) for v in given):  # a swept rate (`sweeps.py`)
+        return None
+    lrs = rates(spec, model.trainable, default_lr)
     inputs = set(model.inputs)
     chosen = []
     for e in fns.edges:

@@ -131,6 +131,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", default="", metavar="OPS",
                    help="random augmentation of image batches: crop (pad 4, random crop), flip; e.g. crop,flip")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-blocking", action="store_true",
+                   help="update every weight after every batch (default: a large input weight under plain SGD "
+                        "is updated in blocks of 4 batches, the same updates up to the order of the sums)")
     t.add_argument("--health", choices=("warn", "error", "ignore"),
                    help="when phases do not converge, outputs collapse or a population saturates: warn "
                         "(default, once each), stop with exit 1, or ignore (= --set learn.health=...)")
@@ -457,7 +460,7 @@ def _train(args) -> int:
     result = train(
         model, data, args.epochs, seed=args.seed or 0, out=out, resume=args.resume, devices=args.devices,
         method=args.estimator, progress=not args.no_progress, data_spec=args.data, augment=args.augment,
-        force=args.force,
+        force=args.force, block=not args.no_blocking,
     )
     last = result.history[-1] if result.history else {}
     parts = _last_epoch(last)
@@ -498,7 +501,7 @@ def _train_sweep(args) -> int:
     results = sweeps.train_sweep(
         circ, settings, data, group, args.epochs, out=out, resume=args.resume, force=args.force,
         devices=args.devices, method=args.estimator, progress=not args.no_progress, data_spec=args.data,
-        augment=args.augment,
+        augment=args.augment, block=not args.no_blocking,
     )
     for mb, result in zip(group, results):
         print(f"{mb.name}: " + ", ".join(_last_epoch(result.history[-1] if result.history else {})))

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import health, resources
+from . import blocking, health, resources
 from . import training as T
 from .errors import CircuitError
 from .model import HYPER_OPTIMIZER, HYPER_PHASE, Model
@@ -183,7 +183,9 @@ class _Program:
 
 
 def _program(model: Model, n: int, batch: int, method: str, classify: bool, n_classes: int, n_test: int,
-             chunk: int, augment: tuple[str, ...], total_steps: int, stream: bool) -> _Program:
+             chunk: int, augment: tuple[str, ...], total_steps: int, stream: bool, block: bool = False) -> _Program:
+    """`block`: update large input weights in blocks of batches where a lone run would
+    (`blocking.py`); the caller allows it only where every member's plan is the same."""
     default_lr = RULES_LR if model.learning.method == "rules" else DEFAULT_LR
     same = lambda a: a  # noqa: E731 - the member axis is what is sharded, not the batch
 
@@ -196,7 +198,9 @@ def _program(model: Model, n: int, batch: int, method: str, classify: bool, n_cl
         if stream:
             fn, _ = T._make_stream_epoch(m, optimizer(hyper), n, batch, classify, same, jit=False)
         else:
-            fn, _ = T._make_epoch(m, optimizer(hyper), n, batch, method, classify, same, augment, jit=False)
+            blocks = blocking.plan(m, method, default_lr, 1, augment) if block else None
+            fn, _ = T._make_epoch(m, optimizer(hyper), n, batch, method, classify, same, augment, jit=False,
+                                  blocks=blocks)
         return fn(params, opt_state, key, X, Y, L, P)
 
     def evaluate(hyper, params, X, Y, L, P, key):
@@ -238,10 +242,12 @@ def _same_program(base: _Program, other: _Program, args_epoch, args_eval, key: s
 def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member], epochs: int | None = None, *,
                 out: str | Path | None = None, resume: bool = False, force: bool = False, devices: int = 1,
                 method: str | None = None, progress: bool = True, data_spec: str | None = None,
-                augment: tuple[str, ...] | str = ()) -> list[T.TrainResult]:
+                augment: tuple[str, ...] | str = (), block: bool = True) -> list[T.TrainResult]:
     """Train every member of `group` (see `members`) in one program; return one
     `TrainResult` per member, in order. `circ` is the loaded circuit, `settings` the
-    `--set` overrides all members share. See the module docstring for `out`."""
+    `--set` overrides all members share. See the module docstring for `out`.
+    `block`: as `train`'s, for a sweep of seeds or of phase settings (whose members
+    would all be blocked alike); a sweep of other values updates after every batch."""
     import circuitlang as cl
 
     if not group:
@@ -282,8 +288,11 @@ def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member]
     stream = base.streaming is not None and method == "rules"
     total_steps = epochs * nb * (base.streaming.steps if stream else 1)
     n_test = len(data.x_test)
+    block = block and not stream and all(k.startswith("phase.") for k in keys)
+    default_lr = RULES_LR if learn.method == "rules" else DEFAULT_LR
+    blocks = blocking.plan(base, method, default_lr, 1, augment) if block else None
     build = lambda m: _program(m, n, batch, method, classify, data.n_classes or 0, n_test,  # noqa: E731
-                               chunk, augment, total_steps, stream)
+                               chunk, augment, total_steps, stream, block)
     prog = build(base)
 
     X = T._inputs(base, data.x_train)
@@ -324,7 +333,7 @@ def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member]
     X, Y, L, Xt, Yt, Lt = put_shared((X, Y, L, Xt, Yt, Lt))
 
     out_dir = Path(out) if out is not None else None
-    manifests = [T._manifest(models[mb.settings], data, data_spec, mb.seed, method, epochs, devices, augment)
+    manifests = [T._manifest(models[mb.settings], data, data_spec, mb.seed, method, epochs, devices, augment, blocks)
                  for mb in group]
     manifest = {**manifests[0], "seed": [mb.seed for mb in group],
                 "members": [{"name": mb.name, "seed": mb.seed, "settings": dict(mb.settings)} for mb in group],

@@ -440,13 +440,14 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     nb = n // batch
     stream = model.streaming is not None and method == "rules"
     steps_per_batch = model.streaming.steps if stream else 1  # a stream updates at every step
-    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb * steps_per_batch,
-                         RULES_LR if learn.method == "rules" else DEFAULT_LR)
+    default_lr = RULES_LR if learn.method == "rules" else DEFAULT_LR
+    opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb * steps_per_batch, default_lr)
+    blocks = blocking.plan(model, method, default_lr, devices, augment) if block and not stream else None
     if stream:
         epoch_fn, _ = _make_stream_epoch(model, opt, n, batch, classify, _sharding(devices))
     else:
         epoch_fn, _ = _make_epoch(model, opt, n, batch, method, classify, _sharding(devices), augment,
-                                  blocks=blocking.plan(model, method, devices, augment) if block else None)
+                                  blocks=blocks)
     eval_fn = _make_eval(model, len(data.x_test), chunk, classify, data.n_classes or 0) if len(data.x_test) else None
 
     X = _inputs(model, data.x_train)
@@ -468,7 +469,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     history: list[dict[str, float]] = []
     start = 0
     out_dir = Path(out) if out is not None else None
-    manifest = _manifest(model, data, data_spec, seed, method, epochs, devices, augment)
+    manifest = _manifest(model, data, data_spec, seed, method, epochs, devices, augment, blocks)
     held = claim(out_dir, resume=resume, force=force) if out_dir is not None else contextlib.nullcontext()
     with held:  # the lock on `out` (and its stale temporaries gone) for the whole run
         if out_dir is not None:
@@ -733,7 +734,7 @@ def _plot(out: Path, history) -> None:
     _atomic_write(out / "curves.png", buf.getvalue())
 
 
-def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augment=()) -> dict:
+def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augment=(), blocks=None) -> dict:
     circ = model.circuit
     learn = model.learning
     settings = {
@@ -764,6 +765,8 @@ def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augm
         "epochs": epochs,
         "devices": devices,
         "augment": list(augment),
+        # weights updated in blocks of batches (`blocking.py`; `--no-blocking`: none)
+        "blocked_updates": {"batches": blocks.size, "weights": sorted(blocks.names)} if blocks else None,
         "versions": {
             "circuitlang": __version__,
             "jax": jax.__version__,

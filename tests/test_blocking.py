@@ -8,6 +8,7 @@ algebra would not hold."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,11 @@ import pytest
 
 import circuitlang as cl
 from circuitlang import blocking, learning, training
+from circuitlang.cli import main
 from circuitlang.data import load as load_data
+from circuitlang.optim import DEFAULT_LR, RULES_LR
+
+from .conftest import ROOT
 
 pytestmark = [pytest.mark.usefixtures("x64"),
               # short relaxations on purpose (the recipes' own step counts); the health
@@ -84,7 +89,7 @@ def test_blocked_updates_train_as_one_update_per_batch(text, monkeypatch):
     _float64(monkeypatch)
     model = cl.compile(cl.loads(text))
     method = training.run_settings(model, None, (), None)[0]
-    plan = blocking.plan(model, method)
+    plan = blocking.plan(model, method, DEFAULT_LR)
     assert plan is not None and plan.names == {"W1"}
     data = _data()
     blocked = training.train(model, data, 2, seed=3, progress=False)
@@ -96,9 +101,8 @@ def test_blocked_updates_train_as_one_update_per_batch(text, monkeypatch):
     start = model.init(jax.random.fold_in(jax.random.key(3), 10**6), np.float64)
     assert np.max(np.abs(np.asarray(plain.params["W1"]) - np.asarray(start["W1"]))) > 1e-3
     for a, b in zip(blocked.history, plain.history):
-        for key in ("loss", "train_accuracy", "test_accuracy"):
-            if key in b:
-                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
 
 
 def test_the_blocked_program_never_reads_the_weight(monkeypatch):
@@ -106,7 +110,7 @@ def test_the_blocked_program_never_reads_the_weight(monkeypatch):
     read of the weight anywhere else would be a KeyError while tracing, not a stale value."""
     monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
     model = cl.compile(cl.loads(CONTINUOUS))
-    plan = dataclasses.replace(blocking.plan(model, "random_sign"), size=1)  # a block of one batch
+    plan = dataclasses.replace(blocking.plan(model, "random_sign", DEFAULT_LR), size=1)  # a block of one batch
     params = model.init(jax.random.key(0), np.float64)
     x = {"x": jnp.asarray(_data().x_train[:10], jnp.float64)}
     ctx = plan.start(model, params, [x])
@@ -141,15 +145,62 @@ def test_blocking_is_left_off_where_its_algebra_does_not_hold(changes, monkeypat
         assert old in text
         text = text.replace(old, new)
     model = cl.compile(cl.loads(text))
-    assert blocking.plan(model, "random_sign") is None
+    assert blocking.plan(model, "random_sign", DEFAULT_LR) is None
 
 
 def test_blocking_needs_an_estimator_a_device_and_a_large_weight(monkeypatch):
     model = cl.compile(cl.loads(CONTINUOUS))
-    assert blocking.plan(model, "random_sign") is None  # 64 × 24 entries: below MIN_ELEMENTS
+    assert blocking.plan(model, "random_sign", DEFAULT_LR) is None  # 64 × 24 entries: below MIN_ELEMENTS
     monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
-    assert blocking.plan(model, "random_sign") is not None
+    assert blocking.plan(model, "random_sign", DEFAULT_LR) is not None
     for method in ("gradient", "bptt"):
-        assert blocking.plan(model, method) is None
-    assert blocking.plan(model, "random_sign", devices=2) is None
-    assert blocking.plan(model, "random_sign", augment=("flip",)) is None
+        assert blocking.plan(model, method, DEFAULT_LR) is None
+    assert blocking.plan(model, "random_sign", DEFAULT_LR, devices=2) is None
+    assert blocking.plan(model, "random_sign", DEFAULT_LR, augment=("flip",)) is None
+
+
+def test_a_rules_circuit_trained_by_an_estimator_blocks_at_its_own_default_rate(monkeypatch):
+    """A `learn rules` file's parameters learn at RULES_LR unless the optimizer says
+    otherwise; trained with an EqProp estimator, its blocks use that rate too."""
+    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _float64(monkeypatch)
+    model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))
+    assert model.learning.method == "rules"
+    plan = blocking.plan(model, "one_sided", RULES_LR)
+    assert plan is not None and {w.lr for w in plan.weights} == {RULES_LR}
+    data = _data(60)
+    blocked = training.train(model, data, 1, seed=0, progress=False, method="one_sided")
+    plain = training.train(model, data, 1, seed=0, progress=False, method="one_sided", block=False)
+    for name, p in plain.params.items():
+        np.testing.assert_allclose(blocked.params[name], p, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_seeds_blocks_as_its_lone_runs_do(monkeypatch, tmp_path):
+    """Member k of `--seeds` stays bit for bit the lone run with `--seed k`, both blocked."""
+    from circuitlang import sweeps
+
+    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    data = _data()
+    circ = cl.loads(CONTINUOUS)
+    group = sweeps.members([0, 1], [])
+    with jax.enable_x64(False):  # float32, as test_sweeps.py's bit-for-bit comparisons
+        results = sweeps.train_sweep(circ, {}, data, group, 1, out=tmp_path / "sweep", progress=False)
+        lone = training.train(cl.compile(circ), data, 1, seed=1, progress=False, out=tmp_path / "lone")
+    for name, p in lone.params.items():
+        assert np.array_equal(np.asarray(p), np.asarray(results[1].params[name])), name
+    manifest = json.loads((tmp_path / "lone" / "run.json").read_text())
+    assert manifest["blocked_updates"] == {"batches": 4, "weights": ["W1"]}
+    assert json.loads((tmp_path / "sweep" / "seed-1" / "run.json").read_text())["blocked_updates"] == \
+        manifest["blocked_updates"]
+
+
+def test_no_blocking_on_the_command_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    f = tmp_path / "cont.circ"
+    f.write_text(CONTINUOUS)
+    for flags, want in (([], {"batches": 4, "weights": ["W1"]}), (["--no-blocking"], None)):
+        out = tmp_path / ("run" + "".join(flags))
+        assert main(["train", str(f), "--epochs", "1", "--out", str(out), "--no-progress",
+                     "--health", "ignore", *flags]) == 0
+        assert json.loads((out / "run.json").read_text())["blocked_updates"] == want
