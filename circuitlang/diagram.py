@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import graphviz
+import networkx as nx
 
 from . import primitives as P
 from .circuit import Circuit
@@ -104,14 +105,10 @@ def interneurons(circ: Circuit) -> dict[str, str]:
 
 
 def _reach(start: list[str], edges: list[tuple[str, str]]) -> set[str]:
-    seen, frontier = set(start), list(start)
-    while frontier:
-        u = frontier.pop()
-        for a, b in edges:
-            if a == u and b not in seen:
-                seen.add(b)
-                frontier.append(b)
-    return seen
+    """`start` and every population reached from it along `edges` (networkx's descendants)."""
+    g = nx.DiGraph(edges)
+    g.add_nodes_from(start)
+    return set(start).union(*(nx.descendants(g, n) for n in start))
 
 
 def ranks(circ: Circuit) -> dict[str, int]:
