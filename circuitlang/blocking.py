@@ -21,7 +21,8 @@ Only the order of the floating-point sums differs from updating after every batc
 weights only through the energy (`one_sided`, `random_sign`, `symmetric`), a Hopfield
 energy without custom terms, SGD without momentum, weight decay or schedule, one
 device, no augmentation, and a dense, untied, unscaled, trained weight of at least
-`MIN_ELEMENTS` entries that no other connection shares. Inside a block the estimator
+`MIN_ELEMENTS` entries that no other connection shares, into at least 4 units per
+example of a block (`MAX_EXAMPLES_PER_UNIT`: the Gram matrix grows with the block). Inside a block the estimator
 gets the parameters without that weight and with the drive in its place (under
 `wiring.DRIVE` + its name), so any other read of the weight would fail when the
 program is traced rather than read a stale value.
@@ -30,6 +31,7 @@ program is traced rather than read a stale value.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +47,12 @@ __all__ = ["MIN_ELEMENTS", "SIZE", "Plan", "plan"]
 Array = Any
 
 SIZE = 4  # batches per block (`benchmarks/speed_breakdown.py` measures what it saves)
-MIN_ELEMENTS = 1 << 16  # smaller weights: the Gram corrections cost about what they save
+MIN_ELEMENTS = 1 << 16  # smaller weights: the passes over them are cheap anyway
+# A block's Gram matrix and corrections cost about 2·SIZE·B²·|pre| per batch of B, against the
+# 4·B·|pre|·|post| of the weight's two products: block only while the block's examples are at most
+# a quarter of the weight's output units (Scellier & Bengio's batch of 20 into 500 units: 80;
+# the prototypical batch of 50 gained nothing measurable, and larger batches would lose).
+MAX_EXAMPLES_PER_UNIT = 0.25
 ESTIMATORS = ("one_sided", "random_sign", "symmetric")
 
 
@@ -120,9 +127,11 @@ def gather(plan: Plan, grads: Mapping[str, Array], params: Mapping[str, Array]):
     return g, {name: grads[DRIVE + name] for name in plan.names}
 
 
-def plan(model, method: str, default_lr: float, devices: int = 1, augment: tuple[str, ...] = ()) -> Plan | None:
+def plan(model, method: str, default_lr: float, devices: int = 1, augment: tuple[str, ...] = (),
+         batch: int | None = None) -> Plan | None:
     """The blocked weights of a training run, or None where blocking does not apply;
-    `default_lr`: the rate of a parameter the optimizer block gives none (as `train`'s)."""
+    `default_lr`: the rate of a parameter the optimizer block gives none (as `train`'s);
+    `batch`: the examples per batch (default: the file's)."""
     learn = model.learning
     fns = model.fns
     if learn is None or method not in ESTIMATORS or devices != 1 or augment:
@@ -156,10 +165,8 @@ def plan(model, method: str, default_lr: float, devices: int = 1, augment: tuple
             continue
         if sum(1 for f in fns.edges if f.weight == name or f.tied_to == name) != 1:
             continue
-        size = 1
-        for n in (e.pre, e.post):
-            for d in fns.pops[n].shape:
-                size *= int(d)
-        if size >= MIN_ELEMENTS:
+        pre, post = (math.prod(int(d) for d in fns.pops[n].shape) for n in (e.pre, e.post))
+        examples = SIZE * (batch if batch is not None else learn.batch)
+        if pre * post >= MIN_ELEMENTS and examples <= MAX_EXAMPLES_PER_UNIT * post:
             chosen.append(Blocked(name, e, float(lrs[name])))
     return Plan(SIZE, tuple(chosen)) if chosen else None

@@ -77,6 +77,12 @@ def _data(n: int = 130):
                                x_test=d.x_test[:50], y_test=d.y_test[:50])
 
 
+def _small(monkeypatch):
+    """Let the small weights of these circuits be blocked (the sizes `plan` asks for are Fashion-MNIST's)."""
+    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(blocking, "MAX_EXAMPLES_PER_UNIT", 100.0)
+
+
 def _float64(monkeypatch):
     """`train` in float64: its parameters take the inputs' dtype (datasets hold float32)."""
     monkeypatch.setattr(training, "_inputs",
@@ -85,7 +91,7 @@ def _float64(monkeypatch):
 
 @pytest.mark.parametrize("text", [CONTINUOUS, PROTOTYPICAL], ids=["continuous", "prototypical"])
 def test_blocked_updates_train_as_one_update_per_batch(text, monkeypatch):
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)  # a small W1 qualifies
+    _small(monkeypatch)  # a small W1 qualifies
     _float64(monkeypatch)
     model = cl.compile(cl.loads(text))
     method = training.run_settings(model, None, (), None)[0]
@@ -108,7 +114,7 @@ def test_blocked_updates_train_as_one_update_per_batch(text, monkeypatch):
 def test_the_blocked_program_never_reads_the_weight(monkeypatch):
     """Inside a block the estimator gets the weight's drive instead of the weight: a
     read of the weight anywhere else would be a KeyError while tracing, not a stale value."""
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _small(monkeypatch)
     model = cl.compile(cl.loads(CONTINUOUS))
     plan = dataclasses.replace(blocking.plan(model, "random_sign", DEFAULT_LR), size=1)  # a block of one batch
     params = model.init(jax.random.key(0), np.float64)
@@ -139,7 +145,7 @@ W1 = "h -- x : W1  init=glorot"
     [(W1, W1 + "\nh -- x : W3 = W1")],
 ], ids=["adam", "momentum", "weight-decay", "schedule", "fixed", "inhibitory", "shared"])
 def test_blocking_is_left_off_where_its_algebra_does_not_hold(changes, monkeypatch):
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _small(monkeypatch)
     text = CONTINUOUS
     for old, new in changes:
         assert old in text
@@ -148,10 +154,13 @@ def test_blocking_is_left_off_where_its_algebra_does_not_hold(changes, monkeypat
     assert blocking.plan(model, "random_sign", DEFAULT_LR) is None
 
 
-def test_blocking_needs_an_estimator_a_device_and_a_large_weight(monkeypatch):
+def test_blocking_needs_an_estimator_a_device_a_large_weight_and_small_batches(monkeypatch):
+    sb17 = cl.compile(cl.load(ROOT / "benchmarks" / "circuits" / "fashion_sb17.circ"))
+    assert blocking.plan(sb17, "random_sign", DEFAULT_LR).names == {"W1"}  # 4 × 20 examples into 500 units
+    assert blocking.plan(sb17, "random_sign", DEFAULT_LR, batch=32) is None  # 128 examples: the Gram grows
     model = cl.compile(cl.loads(CONTINUOUS))
     assert blocking.plan(model, "random_sign", DEFAULT_LR) is None  # 64 × 24 entries: below MIN_ELEMENTS
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _small(monkeypatch)
     assert blocking.plan(model, "random_sign", DEFAULT_LR) is not None
     for method in ("gradient", "bptt"):
         assert blocking.plan(model, method, DEFAULT_LR) is None
@@ -162,7 +171,7 @@ def test_blocking_needs_an_estimator_a_device_and_a_large_weight(monkeypatch):
 def test_a_rules_circuit_trained_by_an_estimator_blocks_at_its_own_default_rate(monkeypatch):
     """A `learn rules` file's parameters learn at RULES_LR unless the optimizer says
     otherwise; trained with an EqProp estimator, its blocks use that rate too."""
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _small(monkeypatch)
     _float64(monkeypatch)
     model = cl.compile(cl.load(ROOT / "examples" / "stdp_eqprop.circ"))
     assert model.learning.method == "rules"
@@ -180,7 +189,7 @@ def test_a_sweep_of_seeds_blocks_as_its_lone_runs_do(monkeypatch, tmp_path):
     """Member k of `--seeds` stays bit for bit the lone run with `--seed k`, both blocked."""
     from circuitlang import sweeps
 
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _small(monkeypatch)
     data = _data()
     circ = cl.loads(CONTINUOUS)
     group = sweeps.members([0, 1], [])
@@ -196,7 +205,7 @@ def test_a_sweep_of_seeds_blocks_as_its_lone_runs_do(monkeypatch, tmp_path):
 
 
 def test_no_blocking_on_the_command_line(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(blocking, "MIN_ELEMENTS", 1)
+    _small(monkeypatch)
     f = tmp_path / "cont.circ"
     f.write_text(CONTINUOUS)
     for flags, want in (([], {"batches": 4, "weights": ["W1"]}), (["--no-blocking"], None)):
