@@ -324,7 +324,11 @@ def test_the_compilation_cache_is_used_and_changes_nothing(tmp_path):
     stored = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
     assert any(n.startswith("jit_epoch") for n in stored), stored
     second = run("b")
-    assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == stored  # hits, nothing new
+    after = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
+    # the epoch program is a hit (no second entry for it); a small program whose compile time
+    # crossed JAX's storage threshold (0.2 s) on a busy machine may be stored by either run
+    epoch = lambda names: [n for n in names if n.startswith("jit_epoch")]  # noqa: E731
+    assert epoch(after) == epoch(stored) and set(stored) <= set(after), (stored, after)
     assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
     run("c", "--no-compile-cache", cache="other")
     assert not (tmp_path / "other" / "jax").exists()
