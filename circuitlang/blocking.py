@@ -37,10 +37,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from .lower.energy import Hopfield
 from .lower.wiring import DRIVE
-from .optim import rates
+from .optim import nonzero, rates
 
 __all__ = ["MIN_ELEMENTS", "SIZE", "Plan", "plan"]
 
@@ -107,8 +108,7 @@ class Plan:
             r, _, _ = ctx[w.name]
             g = jnp.concatenate([gr[w.name] for gr in grads])
             grad = model.fns.wiring.weight_update(w.edge, params, g, r)
-            p = params[w.name]
-            new[w.name] = jnp.asarray(p + (-w.lr) * grad).astype(p.dtype)
+            new[w.name] = optax.apply_updates(params[w.name], -w.lr * grad)  # as SGD's step
         return new
 
 
@@ -144,10 +144,8 @@ def plan(model, method: str, default_lr: float, devices: int = 1, augment: tuple
     if (spec.name if spec else "sgd") != "sgd":
         return None
     settings = dict(spec.settings) if spec else {}
-    for key in ("momentum", "weight_decay", "schedule.warmup"):
-        v = settings.get(key, 0)
-        if isinstance(v, jax.core.Tracer) or v:
-            return None
+    if any(nonzero(settings.get(key, 0)) for key in ("momentum", "weight_decay", "schedule.warmup")):
+        return None
     if settings.get("schedule", "constant") != "constant" or settings.get("nesterov"):
         return None
     given = [spec.lr, *dict(spec.lr_per_param).values()] if spec else []

@@ -183,10 +183,10 @@ def measure(model, params, x, y, method: str | None = None, key=None) -> tuple[d
 def _next_trial(model, params, g, x, y) -> dict[str, float]:
     """The free-phase cost of the same samples before and after one update through the file's
     optimizer (fresh state), and the change."""
-    from .optim import DEFAULT_LR, RULES_LR, make_optimizer
+    from .optim import default_rate, make_optimizer
 
     learn = model.learning
-    opt = make_optimizer(learn.optimizer, model.trainable, 1, RULES_LR if learn.method == "rules" else DEFAULT_LR)
+    opt = make_optimizer(learn.optimizer, model.trainable, 1, default_rate(learn))
     change, _ = opt.update(g, opt.init(params), params)
     after = {k: params[k] + change[k] for k in params}
     first = float(model.loss(params, x, y))

@@ -19,7 +19,7 @@ import optax
 from . import primitives as P
 from .graph import OptimizerSpec
 
-__all__ = ["make_optimizer", "nonzero", "rates", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
+__all__ = ["make_optimizer", "nonzero", "rates", "default_rate", "sgd", "adam", "DEFAULT_LR", "RULES_LR"]
 
 DEFAULT_LR = 0.01
 RULES_LR = 1.0  # `learn rules`: the rules' own constants set the step; SGD applies them as written
@@ -38,6 +38,12 @@ def _schedule(spec: OptimizerSpec | None, lr: float, total_steps: int):
             [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
         )
     return lr
+
+
+def default_rate(learning) -> float:
+    """The learning rate of a parameter the optimizer block gives none: RULES_LR for
+    `learn rules` (the rules' own constants set the step), else DEFAULT_LR."""
+    return RULES_LR if learning.method == "rules" else DEFAULT_LR
 
 
 def nonzero(v) -> bool:

@@ -50,7 +50,7 @@ from . import blocking, health, resources
 from . import training as T
 from .errors import CircuitError
 from .model import HYPER_OPTIMIZER, HYPER_PHASE, Model
-from .optim import DEFAULT_LR, RULES_LR, make_optimizer
+from .optim import default_rate, make_optimizer
 from .rundir import atomic_write, claim
 
 __all__ = ["Member", "members", "parse_seeds", "parse_sweep", "refusal", "train_sweep", "SWEEPABLE"]
@@ -183,10 +183,10 @@ class _Program:
 
 
 def _program(model: Model, n: int, batch: int, method: str, classify: bool, n_classes: int, n_test: int,
-             chunk: int, augment: tuple[str, ...], total_steps: int, stream: bool, block: bool = False) -> _Program:
-    """`block`: update large input weights in blocks of batches where a lone run would
-    (`blocking.py`); the caller allows it only where every member's plan is the same."""
-    default_lr = RULES_LR if model.learning.method == "rules" else DEFAULT_LR
+             chunk: int, augment: tuple[str, ...], total_steps: int, stream: bool,
+             blocks: blocking.Plan | None = None) -> _Program:
+    """`blocks`: the large input weights every member updates in blocks of batches (`blocking.py`)."""
+    default_lr = default_rate(model.learning)
     same = lambda a: a  # noqa: E731 - the member axis is what is sharded, not the batch
 
     def optimizer(hyper):
@@ -198,7 +198,6 @@ def _program(model: Model, n: int, batch: int, method: str, classify: bool, n_cl
         if stream:
             fn, _ = T._make_stream_epoch(m, optimizer(hyper), n, batch, classify, same, jit=False)
         else:
-            blocks = blocking.plan(m, method, default_lr, 1, augment) if block else None
             fn, _ = T._make_epoch(m, optimizer(hyper), n, batch, method, classify, same, augment, jit=False,
                                   blocks=blocks)
         return fn(params, opt_state, key, X, Y, L, P)
@@ -288,11 +287,11 @@ def train_sweep(circ, settings: Mapping[str, str], data, group: Sequence[Member]
     stream = base.streaming is not None and method == "rules"
     total_steps = epochs * nb * (base.streaming.steps if stream else 1)
     n_test = len(data.x_test)
+    # a sweep of seeds or phase settings: every member's plan is the base's
     block = block and not stream and all(k.startswith("phase.") for k in keys)
-    default_lr = RULES_LR if learn.method == "rules" else DEFAULT_LR
-    blocks = blocking.plan(base, method, default_lr, 1, augment) if block else None
+    blocks = blocking.plan(base, method, default_rate(learn), 1, augment) if block else None
     build = lambda m: _program(m, n, batch, method, classify, data.n_classes or 0, n_test,  # noqa: E731
-                               chunk, augment, total_steps, stream, block)
+                               chunk, augment, total_steps, stream, blocks)
     prog = build(base)
 
     X = T._inputs(base, data.x_train)

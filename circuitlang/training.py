@@ -47,7 +47,7 @@ from . import __version__, blocking, health, learning, resources
 from .layout import describe
 from .errors import CircuitError
 from .model import Model
-from .optim import DEFAULT_LR, RULES_LR, make_optimizer, nonzero, rates
+from .optim import default_rate, make_optimizer, nonzero, rates
 from .rundir import atomic_write as _atomic_write
 from .rundir import claim
 
@@ -440,7 +440,7 @@ def train(model: Model, data, epochs: int | None = None, *, seed: int = 0, out: 
     nb = n // batch
     stream = model.streaming is not None and method == "rules"
     steps_per_batch = model.streaming.steps if stream else 1  # a stream updates at every step
-    default_lr = RULES_LR if learn.method == "rules" else DEFAULT_LR
+    default_lr = default_rate(learn)
     opt = make_optimizer(learn.optimizer, model.trainable, epochs * nb * steps_per_batch, default_lr)
     blocks = blocking.plan(model, method, default_lr, devices, augment) if block and not stream else None
     if stream:
@@ -761,7 +761,7 @@ def _manifest(model: Model, data, data_spec, seed, method, epochs, devices, augm
         "seed": seed,
         "data": getattr(data, "spec", None) or data_spec or data.name,
         # what each parameter learns at (before any schedule), whatever the file and --set said
-        "learning_rates": rates(learn.optimizer, model.trainable, RULES_LR if learn.method == "rules" else DEFAULT_LR),
+        "learning_rates": rates(learn.optimizer, model.trainable, default_rate(learn)),
         "epochs": epochs,
         "devices": devices,
         "augment": list(augment),

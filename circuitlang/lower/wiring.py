@@ -44,6 +44,13 @@ Array = Any
 DRIVE = "drive:"
 
 
+def _given(e: ConnectionEdge, params) -> Array | None:
+    """The drive standing in for `e`'s own (untied) weight in `params`, if any (DRIVE)."""
+    if e.weight is None or e.tied_to is not None:
+        return None
+    return params.get(DRIVE + e.weight)
+
+
 def weights_of(edges: list[ConnectionEdge], params: Mapping[str, Array]) -> dict[str, Array]:
     """Every named weight's array by name, as rules and energy terms see it: a tied
     weight reads its target's array (transposed for a dense `transpose(W)`)."""
@@ -105,8 +112,9 @@ class Wiring:
     # --------------------------------------------------------------- drives --
     def drive(self, e: ConnectionEdge, params, rates: Mapping[str, Array]) -> Array:
         """What `e` delivers into `e.post` (batch, *compiled shape of post)."""
-        if e.weight is not None and e.tied_to is None and DRIVE + e.weight in params:
-            return params[DRIVE + e.weight]
+        given = _given(e, params)
+        if given is not None:
+            return given
         w = self.array(e, params)
         if e.transposed:
             return self._scale(e, self._adjoint(e, w, rates[e.pre], rates))
@@ -127,8 +135,7 @@ class Wiring:
 
     def pair(self, e: ConnectionEdge, params, rates: Mapping[str, Array]) -> Array:
         """⟨ρ(post), drive⟩ summed over the batch: the coupling's term in an energy."""
-        given = e.weight is not None and e.tied_to is None and DRIVE + e.weight in params
-        if not given and not e.transposed and e.sign * e.gain == 1:
+        if _given(e, params) is None and not e.transposed and e.sign * e.gain == 1:
             st = e.stages[-1] if len(e.stages) == 1 else None
             if st is not None:  # one stage: let it define its own term
                 w = self.array(e, params)
